@@ -1,0 +1,369 @@
+"""The ``harness`` command line: parse arguments, call the library, render results.
+
+This is the only place that turns exceptions into one-line messages and exit
+codes, installs logging handlers and draws progress. SIGTERM is treated like
+Ctrl-C so every path runs the same cleanup.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import select
+import signal
+import socket
+import sys
+import termios
+import tty
+from pathlib import Path
+from typing import NoReturn
+
+from harness import __version__, cleanup, config, images, state
+from harness.errors import ConfigError, HarnessError
+from harness.output import Output
+from harness.testbed import Testbed
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"harness: error: {message} (see 'harness --help')\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="harness", description="QEMU testbeds for kernel-bypass research.")
+    p.add_argument("--version", action="version", version=f"harness {__version__}")
+    p.add_argument("--json", action="store_true", help="print results as JSON on stdout")
+    p.add_argument("-v", "--verbose", action="store_true", help="log what the harness does")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+
+    up = sub.add_parser("up", help="start a testbed from a TOML spec and leave it running")
+    up.add_argument("spec", nargs="?", type=Path, help="spec file (default: the demo spec)")
+    up.add_argument("--no-verify", action="store_true",
+                    help="skip the in-guest CPU feature and NIC queue checks")
+
+    down = sub.add_parser("down", help="stop a testbed and remove everything it made")
+    down.add_argument("testbed", nargs="?", help="testbed name (default: the only one up)")
+    down.add_argument("--all", action="store_true", help="every testbed")
+
+    st = sub.add_parser("status", help="testbeds, guests and their state")
+    st.add_argument("testbed", nargs="?")
+
+    for name, hlp in (("ssh", "interactive SSH session to a guest"),
+                      ("console", "attach to a guest's serial console (Ctrl-] leaves)")):
+        s = sub.add_parser(name, help=hlp)
+        s.add_argument("guest")
+        s.add_argument("-t", "--testbed")
+
+    ex = sub.add_parser("exec", help="run a command in a guest (or all) and print its output")
+    ex.add_argument("guest", nargs="?", help="guest name (or --all)")
+    ex.add_argument("-t", "--testbed")
+    ex.add_argument("--all", action="store_true", help="run on every guest in parallel")
+    ex.add_argument("--timeout", type=float, default=300.0)
+    ex.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ...")
+
+    im = sub.add_parser("image", help="build, list or clean guest images")
+    isub = im.add_subparsers(dest="image_cmd", required=True, parser_class=_Parser)
+    ib = isub.add_parser("build", help="build images whose inputs changed")
+    ib.add_argument("flavors", nargs="*", metavar="FLAVOR",
+                    help=f"{' or '.join(images.FLAVORS)} (default: minimal)")
+    ib.add_argument("--force", action="store_true", help="rebuild even when cached")
+    isub.add_parser("list", help="cached images")
+    ic = isub.add_parser("clean", help="remove cached images")
+    ic.add_argument("--stale", action="store_true", help="keep the current images")
+
+    sub.add_parser("doctor", help="what this host can do, with fixes")
+    sub.add_parser("demo", help="boot two guests, show them exchanging traffic, tear down")
+
+    gc = sub.add_parser("gc", help="remove what crashed harness runs left behind")
+    gc.add_argument("--all", action="store_true", help="also remove running testbeds")
+
+    be = sub.add_parser("bench", help="benchmarks")
+    bsub = be.add_subparsers(dest="bench_cmd", required=True, parser_class=_Parser)
+    bb = bsub.add_parser("boot", help="boot time, SSH round trip, memory, parallel boot")
+    bb.add_argument("--runs", type=int, default=5, help="runs per figure (default 5)")
+    bb.add_argument("--parallel", type=int, default=8, help="guests in the parallel run")
+    bb.add_argument("--image", default="minimal", choices=images.FLAVORS)
+    return p
+
+
+# --- commands ------------------------------------------------------------------------
+
+def _pick_testbed(name: str | None) -> str:
+    if name:
+        return name
+    names = [s.name for s in state.all_states() if s.meta]
+    if len(names) == 1:
+        return names[0]
+    if not names:
+        raise HarnessError("no testbed is up; start one with 'harness up [SPEC]'")
+    raise ConfigError(f"several testbeds are up ({', '.join(names)}); name one with -t NAME")
+
+
+def cmd_up(args: argparse.Namespace, out: Output) -> int:
+    from harness.demo import demo_config
+
+    cfg = config.load(args.spec) if args.spec else demo_config()
+    with out.progress() as prog:
+        tb = Testbed.up(cfg, progress=prog, verify=not args.no_verify)
+    try:
+        _show_testbed(tb, out)
+    finally:
+        tb.detach()
+    out.line(f"testbed '{tb.name}' is up; 'harness exec GUEST -- CMD', "
+             f"'harness down {tb.name}' when done")
+    return 0
+
+
+def _show_testbed(tb: Testbed, out: Output) -> None:
+    rows = []
+    for g in tb:
+        ready = g.timings.get("ready", 0) - g.timings.get("launch", 0)
+        feats = ",".join(r.name for r in g.feature_reports if r.ok) or "-"
+        nics = " ".join(f"{n.name}:{n.rx_queues}q/{n.msix_rx + n.msix_tx}vec"
+                        for n in g.nic_reports) or "-"
+        addrs = " ".join(str(n.address) for n in g.plan.nics) or "-"
+        rows.append([g.name, g.image.flavor if g.image else "", tb.accel,
+                     f"127.0.0.1:{g.ssh_port}", round(ready, 2), feats, nics, addrs])
+    out.table("guests", f"testbed {tb.name} (namespace {tb.netns})",
+              ["guest", "image", "accel", "ssh", "ready_s", "features", "data_nics",
+               "addresses"], rows)
+
+
+def cmd_down(args: argparse.Namespace, out: Output) -> int:
+    names = [s.name for s in state.all_states()] if args.all else [_pick_testbed(args.testbed)]
+    rows = []
+    for name in names:
+        tb = Testbed.attach(name)
+        removed = tb.down()
+        rows.append([name, len(removed.processes), len(removed.links),
+                     len(removed.namespaces), len(removed.dirs)])
+    out.table("removed", "removed", ["testbed", "processes", "taps", "namespaces", "dirs"], rows)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, out: Output) -> int:
+    states = [state.find(args.testbed)] if args.testbed else state.all_states()
+    rows = []
+    for st in states:
+        if not st.meta:
+            rows.append([st.name, "-", "-", "-", "-", "broken (run 'harness gc')"])
+            continue
+        tb = Testbed.attach(st.name)
+        for g in tb:
+            alive = g.alive()
+            status = "-"
+            if alive:
+                try:
+                    status = g.status()
+                except HarnessError as exc:
+                    status = f"QMP busy ({exc.__class__.__name__})"
+            owner = "detached" if st.detached else \
+                ("owned" if st.owner_alive() else "abandoned (run 'harness gc')")
+            rows.append([st.name, g.name, g.pid, f"127.0.0.1:{g.ssh_port}",
+                         "running" if alive else "dead", f"{status}; {owner}"])
+    out.table("testbeds", "testbeds", ["testbed", "guest", "pid", "ssh", "process", "state"],
+              rows)
+    if not rows:
+        out.line("no testbed is up")
+    return 0
+
+
+def cmd_exec(args: argparse.Namespace, out: Output) -> int:
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        raise ConfigError("exec: no command given; write 'harness exec GUEST -- CMD ...'")
+    line = " ".join(command)
+    tb = Testbed.attach(_pick_testbed(args.testbed))
+    if args.all:
+        results = tb.run_all(line, timeout=args.timeout)
+    else:
+        if not args.guest:
+            raise ConfigError("exec: name a guest or use --all")
+        g = tb.guest(args.guest)
+        if out.json_mode:
+            results = {g.name: g.run(line, timeout=args.timeout)}
+        else:
+            res = g.run(line, timeout=args.timeout,
+                        on_stdout=lambda s: print(s, flush=True),
+                        on_stderr=lambda s: print(s, file=sys.stderr, flush=True))
+            return res.exit_code
+    for name, r in sorted(results.items()):
+        if not out.json_mode:
+            for ln in r.stdout.splitlines():
+                print(f"{name}: {ln}")
+            for ln in r.stderr.splitlines():
+                print(f"{name}: {ln}", file=sys.stderr)
+    out.data("results", {n: {"exit_code": r.exit_code, "stdout": r.stdout, "stderr": r.stderr}
+                         for n, r in results.items()})
+    return max((r.exit_code for r in results.values()), default=0)
+
+
+def cmd_ssh(args: argparse.Namespace, out: Output) -> int:
+    tb = Testbed.attach(_pick_testbed(args.testbed))
+    g = tb.guest(args.guest)
+    known = tb.state.dir / "known_hosts"
+    known.write_text(f"[127.0.0.1]:{g.ssh_port} {g.host_key}\n")
+    argv = ["ssh", "-i", str(g.key_file), "-p", str(g.ssh_port), "-o", "IdentitiesOnly=yes",
+            "-o", f"UserKnownHostsFile={known}", "-o", "StrictHostKeyChecking=yes",
+            "root@127.0.0.1"]
+    try:
+        os.execvp("ssh", argv)
+    except FileNotFoundError as exc:
+        raise HarnessError("ssh is not installed; install openssh-client") from exc
+    return 0
+
+
+def cmd_console(args: argparse.Namespace, out: Output) -> int:
+    tb = Testbed.attach(_pick_testbed(args.testbed))
+    g = tb.guest(args.guest)
+    sock = socket.socket(socket.AF_UNIX)
+    try:
+        sock.connect(str(g.files.console_sock))
+    except OSError as exc:
+        raise HarnessError(f"{g.name}: cannot attach to the console at "
+                           f"{g.files.console_sock}: {exc.strerror}") from exc
+    print(f"[attached to {g.name}'s console; Ctrl-] leaves]", file=sys.stderr)
+    stdin = sys.stdin.fileno()
+    old = termios.tcgetattr(stdin) if os.isatty(stdin) else None
+    try:
+        if old is not None:
+            tty.setraw(stdin)
+        sock.sendall(b"\n")
+        while True:
+            ready, _, _ = select.select([sock, stdin], [], [])
+            if sock in ready:
+                data = sock.recv(4096)
+                if not data:
+                    break
+                os.write(sys.stdout.fileno(), data)
+            if stdin in ready:
+                data = os.read(stdin, 1024)
+                if not data or b"\x1d" in data:
+                    break
+                sock.sendall(data)
+    finally:
+        if old is not None:
+            termios.tcsetattr(stdin, termios.TCSADRAIN, old)
+        sock.close()
+    print("\n[detached]", file=sys.stderr)
+    return 0
+
+
+def cmd_image(args: argparse.Namespace, out: Output) -> int:
+    if args.image_cmd == "build":
+        rows = []
+        with out.progress() as prog:
+            for flavor in args.flavors or ["minimal"]:
+                img = images.get(flavor, force=args.force, progress=prog)
+                rows.append(_image_row(img))
+        out.table("images", "images", ["flavor", "digest", "kernel", "size_mib", "built", "path"],
+                  rows)
+    elif args.image_cmd == "list":
+        rows = [_image_row(i) for i in images.list_images()]
+        out.table("images", "cached images",
+                  ["flavor", "digest", "kernel", "size_mib", "built", "path"], rows)
+        if not rows:
+            out.line("no images cached; 'harness image build [minimal|full]'")
+    else:
+        removed = images.clean(keep_current=args.stale)
+        out.table("removed", "removed", ["path"], [[str(p)] for p in removed])
+    return 0
+
+
+def _image_row(img: images.Image) -> list[object]:
+    size = sum(p.stat().st_size for p in img.path.iterdir() if p.is_file()) / 2**20
+    return [img.flavor, img.digest, img.manifest.get("kernel"), round(size),
+            img.manifest.get("built"), str(img.path)]
+
+
+def cmd_doctor(args: argparse.Namespace, out: Output) -> int:
+    from harness.doctor import run_checks
+
+    with out.progress() as prog:
+        prog.step("probing QEMU, accelerators, namespaces")
+        checks = run_checks()
+    out.table("checks", "harness doctor", ["check", "ok", "detail", "fix"],
+              [[c.name, c.ok, c.detail, c.fix] for c in checks])
+    essential = {"qemu", "accel tcg", "privileges", "tun/tap"}
+    return 0 if all(c.ok for c in checks if c.name in essential) else EXIT_ERROR
+
+
+def cmd_demo(args: argparse.Namespace, out: Output) -> int:
+    from harness.demo import run_demo
+
+    with out.progress() as prog:
+        tb, tr = run_demo(prog)
+    try:
+        _show_testbed(tb, out)
+        out.table("traffic", "traffic a -> b over data0 (kernel stack, namespace bridge)",
+                  ["ping_sent", "ping_received", "rtt_avg_ms", "tcp_mbit_s", "b_rx_queues_used"],
+                  [[tr.sent, tr.received, tr.rtt_avg_ms, round(tr.tcp_mbit, 1),
+                    tr.rx_queues_used]])
+    finally:
+        removed = tb.down()
+    out.line(f"torn down: {len(tb.guests)} guests, {len(removed.links)} taps, "
+             f"{len(removed.namespaces)} namespace")
+    return 0 if tr.received == tr.sent else EXIT_ERROR
+
+
+def cmd_gc(args: argparse.Namespace, out: Output) -> int:
+    removed = cleanup.gc(everything=args.all)
+    out.table("removed", "gc", ["processes", "taps", "namespaces", "dirs"],
+              [[len(removed.processes), len(removed.links), len(removed.namespaces),
+                len(removed.dirs)]])
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace, out: Output) -> int:
+    from harness.bench import bench_boot
+
+    if not 1 <= args.runs <= 100:
+        raise ConfigError("--runs: use 1 to 100")
+    if not 0 <= args.parallel <= 32:
+        raise ConfigError("--parallel: use 0 (skip) to 32")
+    with out.progress() as prog:
+        metrics = bench_boot(args.runs, args.parallel, args.image, prog)
+    out.table("metrics", f"bench boot ({args.image} image, {args.runs} runs)",
+              ["metric", "median", "min", "max", "unit", "target", "meets"],
+              [[m.label, round(m.summary.median, 3), round(m.summary.low, 3),
+                round(m.summary.high, 3), m.unit, m.target, m.meets] for m in metrics])
+    return 0
+
+
+COMMANDS = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "exec": cmd_exec,
+            "ssh": cmd_ssh, "console": cmd_console, "image": cmd_image, "doctor": cmd_doctor,
+            "demo": cmd_demo, "gc": cmd_gc, "bench": cmd_bench}
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    out = Output(json_mode=args.json)
+    if args.verbose:
+        from rich.logging import RichHandler
+
+        logging.basicConfig(level=logging.DEBUG, handlers=[RichHandler(console=out.err)],
+                            format="%(name)s: %(message)s")
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        code = COMMANDS[args.cmd](args, out)
+        out.flush()
+        return code
+    except HarnessError as exc:
+        print(f"harness: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("harness: interrupted; what this run started was removed", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""The state directory of each testbed: what it owns, written before it is created.
+
+Layout: ``<state root>/<testbed>/`` holds ``testbed.json`` (owner, guests, ports,
+paths), ``resources.jsonl`` (one line per process, tap, netns or folder, appended
+*before* the resource is made, so a crash can never leave an unrecorded one), and
+the per-guest sockets and console logs.
+
+This module only reads and writes those files; removing the resources is
+cleanup.py's job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.errors import StateError
+from harness.paths import state_root
+
+
+@dataclass(frozen=True)
+class Resource:
+    kind: str  # "process" | "netns" | "tap" | "dir"
+    name: str  # pid for processes, interface/namespace name, or path
+    netns: str = ""  # for taps: the namespace the tap may have moved to
+    match: str = ""  # for processes: a string its command line must contain
+
+
+def proc_start_time(pid: int) -> int | None:
+    """Kernel start time of a process (jiffies since boot), to tell reused pids apart."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def process_alive(pid: int, start_time: int | None) -> bool:
+    now = proc_start_time(pid)
+    return now is not None and (start_time is None or now == start_time)
+
+
+@dataclass
+class TestbedState:
+    dir: Path
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.dir.name
+
+    @property
+    def meta_path(self) -> Path:
+        return self.dir / "testbed.json"
+
+    @property
+    def resources_path(self) -> Path:
+        return self.dir / "resources.jsonl"
+
+    def save(self) -> None:
+        tmp = self.meta_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.meta, indent=2, default=str) + "\n")
+        os.replace(tmp, self.meta_path)
+
+    def record(self, res: Resource) -> None:
+        with open(self.resources_path, "a") as fh:
+            fh.write(json.dumps(asdict(res)) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def resources(self) -> list[Resource]:
+        try:
+            lines = self.resources_path.read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        out = []
+        for ln in lines:
+            try:
+                out.append(Resource(**json.loads(ln)))
+            except (ValueError, TypeError):
+                continue  # a torn last line after a crash
+        return out
+
+    def owner_alive(self) -> bool:
+        owner = self.meta.get("owner", {})
+        pid = owner.get("pid")
+        return bool(pid) and process_alive(int(pid), owner.get("start_time"))
+
+    @property
+    def detached(self) -> bool:
+        return bool(self.meta.get("detached"))
+
+
+def create(name: str, root: Path | None = None) -> TestbedState:
+    """Make the state folder of a new testbed; refuse when one of that name exists."""
+    root = root or state_root()
+    root.mkdir(parents=True, exist_ok=True)
+    d = root / name
+    try:
+        d.mkdir(mode=0o700)
+    except FileExistsError:
+        existing = load(d)
+        if existing.detached or existing.owner_alive():
+            raise StateError(f"testbed '{name}' is already up; use it, or remove it with "
+                             f"'harness down {name}'") from None
+        raise StateError(f"testbed '{name}' was left behind by a harness that died; "
+                         "run 'harness gc' to remove it") from None
+    pid = os.getpid()
+    st = TestbedState(dir=d, meta={
+        "name": name, "created": time.time(), "detached": False,
+        "owner": {"pid": pid, "start_time": proc_start_time(pid)}, "guests": {},
+    })
+    st.save()
+    return st
+
+
+def load(d: Path) -> TestbedState:
+    try:
+        meta = json.loads((d / "testbed.json").read_text())
+    except (OSError, ValueError):
+        meta = {}
+    return TestbedState(dir=d, meta=meta)
+
+
+def find(name: str, root: Path | None = None) -> TestbedState:
+    root = root or state_root()
+    d = root / name
+    if not (d / "testbed.json").exists():
+        names = [s.name for s in all_states(root)]
+        hint = f"running: {', '.join(names)}" if names else "none is up ('harness up SPEC')"
+        raise StateError(f"no testbed named '{name}'; {hint}")
+    return load(d)
+
+
+def all_states(root: Path | None = None) -> list[TestbedState]:
+    root = root or state_root()
+    if not root.is_dir():
+        return []
+    return [load(d) for d in sorted(root.iterdir()) if d.is_dir()]

@@ -74,6 +74,8 @@ class NetworkConfig:
 
 @dataclass(frozen=True)
 class TestbedConfig:
+    __test__ = False
+
     name: str
     guests: tuple[GuestConfig, ...]
     networks: tuple[NetworkConfig, ...]

@@ -171,6 +171,16 @@ class Guest:
             self._raise_exited(f"QEMU exited with status {self.proc.returncode} during boot")
         return False
 
+    def check(self) -> None:
+        """Raise if the guest panicked or its QEMU ended since it booted."""
+        self.console.poll()
+        panic = self.console.panic()
+        if panic:
+            raise KernelPanic(f"{self.name}: guest kernel panicked: {panic}", guest=self.name,
+                              console_log=str(self.files.console_log))
+        if not self.alive():
+            self._raise_exited("QEMU is no longer running")
+
     def _raise_exited(self, what: str) -> None:
         try:
             tail = self.files.qemu_log.read_text(errors="replace").strip().splitlines()

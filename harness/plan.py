@@ -59,6 +59,8 @@ class NetworkPlan:
 
 @dataclass(frozen=True)
 class TestbedPlan:
+    __test__ = False
+
     config: TestbedConfig
     netns: str
     networks: tuple[NetworkPlan, ...]

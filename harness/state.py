@@ -46,6 +46,8 @@ def process_alive(pid: int, start_time: int | None) -> bool:
 
 @dataclass
 class TestbedState:
+    __test__ = False
+
     dir: Path
     meta: dict[str, Any] = field(default_factory=dict)
 

@@ -41,6 +41,8 @@ def _check_features(cfg: TestbedConfig, qemu: str) -> None:
 
 
 class Testbed:
+    __test__ = False  # not a pytest test class
+
     def __init__(self, plan: TestbedPlan, st: TestbedState, guests: dict[str, Guest],
                  accel: str) -> None:
         self.plan = plan

@@ -175,6 +175,8 @@ def cmd_status(args: argparse.Namespace, out: Output) -> int:
 
 def cmd_exec(args: argparse.Namespace, out: Output) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if args.all and args.guest:  # 'exec --all -- CMD': argparse took CMD's first word
+        command = [args.guest, *command]
     if not command:
         raise ConfigError("exec: no command given; write 'harness exec GUEST -- CMD ...'")
     line = " ".join(command)

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from importlib import resources
 
 from harness import config
-from harness.errors import GuestError
 from harness.guest import Guest
 from harness.progress import Progress
 from harness.testbed import Testbed
+from harness.traffic import ping, tcp_mbit
 
 TRANSFER_MB = 16
 
@@ -39,21 +39,13 @@ def rx_packets_per_queue(g: Guest, nic: int = 0) -> list[int]:
 
 
 def traffic(a: Guest, b: Guest) -> Traffic:
-    dst = str(b.plan.nics[0].address.ip)
     before = rx_packets_per_queue(b)
-    ping = a.run(f"ping -c 20 -i 0.05 -W 2 {dst}", timeout=60).stdout
-    m = re.search(r"(\d+) packets transmitted, (\d+) packets received", ping)
-    rtt = re.search(r"min/avg/max = [\d.]+/([\d.]+)/", ping)
-    if not m:
-        raise GuestError(f"{a.name}: ping printed no summary: {ping[-200:]!r}", guest=a.name)
-    b.run("nc -l -p 5001 > /dev/null 2>&1 &", check=True)
-    res = a.run(f"sleep 0.3; dd if=/dev/zero bs=64k count={TRANSFER_MB * 16} 2>/dev/null "
-                f"| nc -w 5 {dst} 5001", timeout=120, check=True)
+    p = ping(a, b, count=20, interval=0.05)
+    mbit = tcp_mbit(a, b, TRANSFER_MB)
     after = rx_packets_per_queue(b)
     used = sum(1 for x, y in zip(before, after, strict=False) if y > x)
-    return Traffic(sent=int(m.group(1)), received=int(m.group(2)),
-                   rtt_avg_ms=float(rtt.group(1)) if rtt else 0.0,
-                   tcp_mbit=TRANSFER_MB * 8 / res.seconds, rx_queues_used=used)
+    return Traffic(sent=p.sent, received=p.received, rtt_avg_ms=p.rtt_avg_ms, tcp_mbit=mbit,
+                   rx_queues_used=used)
 
 
 def run_demo(progress: Progress) -> tuple[Testbed, Traffic]:

@@ -7,6 +7,7 @@ crash. Every step tolerates a resource that is already gone; kills are confirmed
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -62,10 +63,8 @@ def processes_matching(text: str) -> list[int]:
 def kill_confirmed(pids: list[int], timeout: float = 5.0) -> list[int]:
     """SIGKILL each pid and wait until it is gone (or a zombie of someone else)."""
     for pid in pids:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     deadline = time.monotonic() + timeout
     left = list(pids)
     while left and time.monotonic() < deadline:
@@ -96,9 +95,8 @@ def teardown(st: TestbedState) -> Removed:
         if r.kind == "tap":
             if net.delete_link(r.name) or (r.netns and net.delete_link(r.name, r.netns)):
                 out.links.append(r.name)
-        elif r.kind == "netns":
-            if net.delete_netns(r.name):
-                out.namespaces.append(r.name)
+        elif r.kind == "netns" and net.delete_netns(r.name):
+            out.namespaces.append(r.name)
     for r in resources:
         if r.kind == "dir" and Path(r.name).exists():
             shutil.rmtree(r.name, ignore_errors=True)

@@ -140,9 +140,10 @@ def cmd_down(args: argparse.Namespace, out: Output) -> int:
     for name in names:
         tb = Testbed.attach(name)
         removed = tb.down()
-        rows.append([name, len(removed.processes), len(removed.links),
+        rows.append([name, len(tb.guests), len(removed.processes), len(removed.links),
                      len(removed.namespaces), len(removed.dirs)])
-    out.table("removed", "removed", ["testbed", "processes", "taps", "namespaces", "dirs"], rows)
+    out.table("removed", "removed", ["testbed", "guests", "killed", "taps", "namespaces",
+                                     "dirs"], rows)
     return 0
 
 
@@ -154,23 +155,30 @@ def cmd_status(args: argparse.Namespace, out: Output) -> int:
             rows.append([st.name, "-", "-", "-", "-", "broken (run 'harness gc')"])
             continue
         tb = Testbed.attach(st.name)
-        for g in tb:
-            alive = g.alive()
-            status = "-"
-            if alive:
-                try:
-                    status = g.status()
-                except HarnessError as exc:
-                    status = f"QMP busy ({exc.__class__.__name__})"
-            owner = "detached" if st.detached else \
-                ("owned" if st.owner_alive() else "abandoned (run 'harness gc')")
-            rows.append([st.name, g.name, g.pid, f"127.0.0.1:{g.ssh_port}",
-                         "running" if alive else "dead", f"{status}; {owner}"])
+        rows += _status_rows(st, tb)
+        tb.disconnect()
     out.table("testbeds", "testbeds", ["testbed", "guest", "pid", "ssh", "process", "state"],
               rows)
     if not rows:
         out.line("no testbed is up")
     return 0
+
+
+def _status_rows(st: state.TestbedState, tb: Testbed) -> list[list[object]]:
+    rows: list[list[object]] = []
+    for g in tb:
+        alive = g.alive()
+        status = "-"
+        if alive:
+            try:
+                status = g.status()
+            except HarnessError as exc:
+                status = f"QMP busy ({exc.__class__.__name__})"
+        owner = "detached" if st.detached else \
+            ("owned" if st.owner_alive() else "abandoned (run 'harness gc')")
+        rows.append([st.name, g.name, g.pid, f"127.0.0.1:{g.ssh_port}",
+                     "running" if alive else "dead", f"{status}; {owner}"])
+    return rows
 
 
 def cmd_exec(args: argparse.Namespace, out: Output) -> int:
@@ -179,8 +187,14 @@ def cmd_exec(args: argparse.Namespace, out: Output) -> int:
         command = [args.guest, *command]
     if not command:
         raise ConfigError("exec: no command given; write 'harness exec GUEST -- CMD ...'")
-    line = " ".join(command)
     tb = Testbed.attach(_pick_testbed(args.testbed))
+    try:
+        return _exec(tb, args, " ".join(command), out)
+    finally:
+        tb.disconnect()
+
+
+def _exec(tb: Testbed, args: argparse.Namespace, line: str, out: Output) -> int:
     if args.all:
         results = tb.run_all(line, timeout=args.timeout)
     else:

@@ -246,7 +246,8 @@ def parse_dict(raw: dict[str, Any], *, default_name: str = "testbed") -> Testbed
             raise ConfigError(f"{where}.subnet: {t.get('subnet')!r} is not an IPv4 network "
                               "such as \"10.77.0.0/24\"") from exc
         if subnet.prefixlen > 29:
-            raise ConfigError(f"{where}.subnet: /{subnet.prefixlen} is too small; use /29 or larger")
+            raise ConfigError(f"{where}.subnet: /{subnet.prefixlen} is too small; "
+                              "use /29 or larger")
         networks[name] = NetworkConfig(name=name, subnet=subnet)
     guests_raw = top.get("guest", [])
     if not isinstance(guests_raw, list) or not guests_raw:

@@ -21,7 +21,8 @@ class CpioWriter:
         self._ino = 1
         self._closed = False
 
-    def _entry(self, name: str, mode: int, data: bytes = b"", rdev: tuple[int, int] = (0, 0)) -> None:
+    def _entry(self, name: str, mode: int, data: bytes = b"",
+               rdev: tuple[int, int] = (0, 0)) -> None:
         name_b = name.lstrip("/").encode() + b"\0"
         fields = [self._ino, mode, 0, 0, 1, 0, len(data), 0, 0, rdev[0], rdev[1], len(name_b), 0]
         self._ino += 1

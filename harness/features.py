@@ -30,16 +30,18 @@ FEATURES: dict[str, Feature] = {
     for f in (
         Feature("fsgsbase", "fsgsbase", 7, 0, "ebx", 0, True,
                 "needs -cpu max (TCG provides it) and a kernel with FSGSBASE support (5.9+)"),
-        Feature("rdrand", "rdrand", 1, 0, "ecx", 30, True, "needs -cpu max or a host CPU with RDRAND"),
-        Feature("rdseed", "rdseed", 7, 0, "ebx", 18, False, "needs -cpu max or a host CPU with RDSEED"),
+        Feature("rdrand", "rdrand", 1, 0, "ecx", 30, True,
+                "needs -cpu max or a host CPU with RDRAND"),
+        Feature("rdseed", "rdseed", 7, 0, "ebx", 18, False,
+                "needs -cpu max or a host CPU with RDSEED"),
         Feature("avx2", "avx2", 7, 0, "ebx", 5, False, "needs -cpu max"),
         Feature("rdpid", "rdpid", 7, 0, "ecx", 22, False,
                 "QEMU 7.2's TCG does not emulate RDPID; use KVM on a host that has it"),
         Feature("x2apic", "x2apic", 1, 0, "ecx", 21, False,
                 "TCG has no x2APIC; use KVM (accel = \"kvm\") on a host that has it"),
         Feature("uintr", "uintr", 7, 0, "edx", 5, False,
-                "stock QEMU cannot emulate user interrupts; build the UINTR-capable QEMU "
-                "('harness qemu build') or use KVM on a Sapphire Rapids host"),
+                "stock QEMU 7.2 cannot emulate user interrupts and this project does not "
+                "build a UINTR-capable QEMU yet; use KVM on a Sapphire Rapids host"),
     )
 }
 

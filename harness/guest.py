@@ -8,6 +8,7 @@ then SIGKILL, and it confirms the process is gone.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import logging
@@ -319,7 +320,7 @@ class Guest:
         args: dict[str, Any] = {"driver": "virtio-net-pci", "netdev": n.netdev_id,
                                 "id": n.device_id, "mac": n.mac, "bus": root_port(n.index),
                                 "mq": n.queues > 1, "vectors": n.vectors,
-                                "disable-legacy": "on"}
+                                "disable-legacy": "on", "romfile": ""}
         if n.config.iommu:
             args.update({"iommu_platform": True, "ats": True})
         self.qmp.cmd("device_add", **args)
@@ -333,10 +334,8 @@ class Guest:
     def kill(self) -> None:
         """Fault injection: SIGKILL the QEMU process, as a crash would."""
         if self.pid is not None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             self._reap(5.0)
 
     # --- stop ---------------------------------------------------------------------------
@@ -362,15 +361,24 @@ class Guest:
             time.sleep(0.02)
         return False
 
+    def disconnect(self) -> None:
+        """Close this process's SSH and QMP connections; QEMU keeps running."""
+        if self._ssh is not None:
+            try:
+                self._ssh.close()
+            except Exception as exc:  # closing a dead transport must not mask the caller
+                log.debug("%s: ssh close: %s", self.name, exc)
+            self._ssh = None
+        if self._qmp is not None:
+            self._qmp.close()
+            self._qmp = None
+
     def stop(self, graceful_timeout: float = 5.0) -> None:
         """QMP quit, then SIGKILL; safe to call any number of times."""
         if self.phase is Phase.STOPPED:
             return
         if self._ssh is not None:
-            try:
-                self._ssh.close()
-            except Exception as exc:  # closing a dead transport must not mask the stop
-                log.debug("%s: ssh close: %s", self.name, exc)
+            self._ssh.close()
             self._ssh = None
         if self.alive():
             try:
@@ -379,7 +387,5 @@ class Guest:
                 log.debug("%s: quit: %s", self.name, exc)
             if not self._reap(graceful_timeout):
                 self.kill()
-        if self._qmp is not None:
-            self._qmp.close()
-            self._qmp = None
+        self.disconnect()
         self.phase = Phase.STOPPED

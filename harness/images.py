@@ -24,10 +24,10 @@ import subprocess
 import tempfile
 import time
 import tomllib
-from contextlib import contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from harness import apt, kernel
 from harness.cpio import CpioWriter
@@ -105,7 +105,7 @@ def load_recipe(flavor: str, src: Path | None = None) -> Recipe:
     )
 
 
-def _hash_tree(h: "hashlib._Hash", root: Path, base: Path) -> None:
+def _hash_tree(h: hashlib._Hash, root: Path, base: Path) -> None:
     for p in sorted(root.rglob("*")):
         if p.is_file() and "build" not in p.relative_to(root).parts:
             h.update(str(p.relative_to(base)).encode() + b"\0" + p.read_bytes() + b"\0")
@@ -152,10 +152,8 @@ def clean(keep_current: bool = False) -> list[Path]:
     current = set()
     if keep_current:
         for flavor in FLAVORS:
-            try:
+            with suppress(ImageError):
                 current.add(_image_path(flavor))
-            except ImageError:
-                pass
     removed = []
     for img in list_images():
         if img.path not in current:

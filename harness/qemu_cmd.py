@@ -87,7 +87,7 @@ def build_argv(guest: GuestPlan, boot: BootFiles, params: LaunchParams) -> list[
         # management NIC: SSH only, on 127.0.0.1; restrict=on keeps the guest off the host
         "-netdev", (f"user,id=mgmt,restrict=on,"
                     f"hostfwd=tcp:127.0.0.1:{params.ssh_port}-{MGMT_GUEST_IP}:22"),
-        "-device", "virtio-net-pci,netdev=mgmt,id=mgmt0,mac=52:54:00:12:34:56",
+        "-device", "virtio-net-pci,netdev=mgmt,id=mgmt0,mac=52:54:00:12:34:56,romfile=",
     ]
     if boot.rootfs is not None:
         argv += ["-drive", f"file={boot.rootfs},if=virtio,format=raw,snapshot=on,cache=unsafe"]
@@ -100,7 +100,7 @@ def build_argv(guest: GuestPlan, boot: BootFiles, params: LaunchParams) -> list[
         dev = (f"virtio-net-pci,netdev={n.netdev_id},id={n.device_id},mac={n.mac},"
                f"bus={root_port(n.index)},"
                f"mq={'on' if n.queues > 1 else 'off'},vectors={n.vectors},"
-               "rss=on,disable-legacy=on")
+               "rss=on,disable-legacy=on,romfile=")  # no option ROM: we boot by -kernel
         if n.config.iommu:
             dev += ",iommu_platform=on,ats=on"
         argv += ["-device", dev]

@@ -172,14 +172,13 @@ class Testbed:
         """Leave the testbed running for later commands ('harness down' removes it)."""
         self.state.meta["detached"] = True
         self.state.save()
-        for g in self.guests.values():
-            if g._ssh is not None:
-                g._ssh.close()
-                g._ssh = None
-            if g._qmp is not None:
-                g._qmp.close()
-                g._qmp = None
+        self.disconnect()
         self.closed = True
+
+    def disconnect(self) -> None:
+        """Close this process's SSH and QMP connections; the guests keep running."""
+        for g in self.guests.values():
+            g.disconnect()
 
     # --- use ------------------------------------------------------------------------
 

@@ -81,7 +81,7 @@ def test_no_guest_and_bad_toml() -> None:
 
 
 def test_unknown_top_level_key_lists_allowed() -> None:
-    with pytest.raises(ConfigError, match="allowed keys: .*guest"):
+    with pytest.raises(ConfigError, match=r"allowed keys: .*guest"):
         config.parse("bogus = 1\n" + GOOD)
 
 

@@ -75,10 +75,10 @@ def test_argv_multiqueue_nic() -> None:
     assert "max,+fsgsbase" in argv
     netdevs = _opt(argv, "-netdev")
     assert any("queues=4" in n and "vhost=off" in n and "script=no" in n for n in netdevs)
-    dev = [d for d in _opt(argv, "-device") if "netdev=data0" in d][0]
+    dev = next(d for d in _opt(argv, "-device") if "netdev=data0" in d)
     assert "mq=on" in dev and "vectors=10" in dev and "rss=on" in dev and "bus=rp0" in dev
     assert "iommu" not in " ".join(argv)
-    mgmt = [n for n in netdevs if n.startswith("user")][0]
+    mgmt = next(n for n in netdevs if n.startswith("user"))
     assert "restrict=on" in mgmt and "hostfwd=tcp:127.0.0.1:2222-" in mgmt
 
 
@@ -90,8 +90,8 @@ def test_argv_iommu_guest() -> None:
     first_nic = next(i for i, d in enumerate(devices) if d.startswith("virtio-net"))
     assert iommu_at < first_nic
     assert "q35,kernel-irqchip=split" in argv and "kvm" in argv
-    nic0 = [d for d in devices if "netdev=data0" in d][0]
-    nic1 = [d for d in devices if "netdev=data1" in d][0]
+    nic0 = next(d for d in devices if "netdev=data0" in d)
+    nic1 = next(d for d in devices if "netdev=data1" in d)
     assert "iommu_platform=on" in nic0 and "vectors=6" in nic0
     assert "mq=off" in nic1 and "vectors=4" in nic1
     assert "intel_iommu=on" in _opt(argv, "-append")[0]

@@ -1,0 +1,28 @@
+# The two commands of the README, plus the pieces they are made of.
+.PHONY: setup demo test unit lint images bench clean
+
+setup:
+	@bash scripts/setup
+
+demo: setup
+	.venv/bin/harness demo
+
+# the whole suite: lint, unit tests, guest tests (TCG), config file checks
+test: setup lint images
+	.venv/bin/python -m pytest -v --durations=15 $(PYTEST_ARGS)
+
+unit: setup
+	.venv/bin/python -m pytest tests/unit
+
+lint: setup
+	.venv/bin/ruff check harness tests
+
+images: setup
+	.venv/bin/harness image build minimal full
+
+bench: setup
+	.venv/bin/harness bench boot
+
+clean:
+	-.venv/bin/harness gc --all
+	rm -rf .venv results

@@ -292,6 +292,11 @@ def _etc(root: Path, src: Path, modules: tuple[str, ...]) -> None:
     shutil.copy2(src / "images/common/rc", etc / "harness/rc")
     shutil.copy2(src / "images/common/inittab", etc / "inittab")
     (etc / "harness/modules").write_text("\n".join(modules) + "\n")
+    # busybox acpid runs /etc/acpi/<event>/<code> for the power button
+    button = etc / "acpi/PWRF/00000080"
+    button.parent.mkdir(parents=True, exist_ok=True)
+    button.write_text("#!/bin/sh\nexec busybox poweroff\n")
+    button.chmod(0o755)
 
 
 def _busybox_tree(stage: Path, root: Path) -> None:

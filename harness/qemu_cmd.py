@@ -75,6 +75,7 @@ def build_argv(guest: GuestPlan, boot: BootFiles, params: LaunchParams) -> list[
         "-chardev", (f"socket,id=con0,path={params.console_sock},server=on,wait=off,"
                      f"logfile={params.console_log},logappend=on"),
         "-serial", "chardev:con0",
+        "-device", "pvpanic-pci",  # the guest reports panics: QMP GUEST_PANICKED
     ]
     if params.firmware is not None:
         argv += ["-bios", str(params.firmware)]

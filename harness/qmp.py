@@ -45,6 +45,11 @@ class Monitor:
         try:
             self._call(self._connect(socket_path), f"connect to {socket_path}")
         except BaseException:
+            # QEMU serves one QMP client at a time: a half-made connection left open
+            # would block the next one (e.g. the 'quit' of a cleanup after Ctrl-C)
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(2)
+            self._closed = True
             self._stop_loop()
             raise
 

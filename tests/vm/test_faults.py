@@ -69,6 +69,7 @@ def test_kernel_panic_is_detected(testbed_factory: Callable[..., Testbed]) -> No
             a.check()
             time.sleep(0.2)
     assert exc.value.console_log.endswith("console.log")
+    a.qmp.wait_event("GUEST_PANICKED", timeout=10)
 
 
 def test_killed_guest_is_reported_and_cleaned(testbed_factory: Callable[..., Testbed]) -> None:
@@ -78,3 +79,13 @@ def test_killed_guest_is_reported_and_cleaned(testbed_factory: Callable[..., Tes
     with pytest.raises(QemuExited, match="no longer running"):
         a.check()
     assert tb.guest("b").run("true").ok  # the other guest is unaffected
+
+
+def test_powerdown_shuts_the_guest_down(testbed_factory: Callable[..., Testbed]) -> None:
+    tb = testbed_factory(PAIR_SPEC)
+    a = tb.guest("a")
+    mark = a.qmp.event_count()
+    a.powerdown()
+    a.qmp.wait_event("SHUTDOWN", timeout=30, after=mark)
+    assert a.proc is not None and a.proc.wait(30) == 0
+    assert tb.guest("b").run("true").ok

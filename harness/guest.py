@@ -331,6 +331,59 @@ class Guest:
                              f"{len(self.plan.nics)}", guest=self.name)
         return self.plan.nics[index]
 
+    # --- handing a data NIC to a user-space driver ------------------------------------
+
+    def nic_pci_address(self, nic: int) -> str:
+        """The guest's PCI address of data NIC ``nic`` (from QEMU's view of the bus)."""
+        dev = self._nic(nic).device_id
+
+        def walk(devices: list[dict[str, Any]], bus: int) -> str | None:
+            for d in devices:
+                if d.get("qdev_id") == dev:
+                    return f"0000:{bus:02x}:{d['slot']:02x}.{d['function']:x}"
+                sub = d.get("pci_bridge", {})
+                found = walk(sub.get("devices", []), sub.get("bus", {}).get("secondary", 0))
+                if found:
+                    return found
+            return None
+
+        for bus in self.qmp.cmd("query-pci"):
+            found = walk(bus["devices"], bus["bus"])
+            if found:
+                return found
+        raise GuestError(f"{self.name}: data NIC {nic} is not on the PCI bus (unplugged?)",
+                         guest=self.name)
+
+    def bind_nic(self, nic: int, driver: str) -> str:
+        """Bind data NIC ``nic`` to 'vfio-pci' (user-space drivers) or back to the kernel's
+        'virtio-pci'; returns its PCI address. Needs iommu = true for vfio-pci."""
+        if driver not in ("vfio-pci", "virtio-pci"):
+            raise GuestError(f"{self.name}: driver must be vfio-pci or virtio-pci, "
+                             f"not {driver!r}", guest=self.name)
+        if driver == "vfio-pci" and not self._nic(nic).config.iommu:
+            raise GuestError(f"{self.name}: data NIC {nic} has no IOMMU; set iommu = true "
+                             "on it in the spec to hand it to vfio-pci", guest=self.name)
+        bdf = self.nic_pci_address(nic)
+        dev = f"/sys/bus/pci/devices/{bdf}"
+        current = self.run(f"basename $(readlink -f {dev}/driver) 2>/dev/null").stdout.strip()
+        if current == driver:
+            return bdf
+        override = driver if driver == "vfio-pci" else ""
+        self.run(f"echo '{override}' > {dev}/driver_override; "
+                 f"if [ -e {dev}/driver ]; then echo {bdf} > {dev}/driver/unbind; fi; "
+                 f"echo {bdf} > /sys/bus/pci/drivers_probe", check=True)
+        bound = self.run(f"basename $(readlink -f {dev}/driver)").stdout.strip()
+        if bound != driver:
+            raise GuestError(f"{self.name}: {bdf} is bound to {bound or 'nothing'}, "
+                             f"not {driver}", guest=self.name)
+        if driver == "virtio-pci":  # the kernel's netdev is new: give it its name back
+            n = self._nic(nic)
+            self.run(f"for d in /sys/class/net/*; do [ \"$(cat $d/address)\" = {n.mac} ] && "
+                     f"ip link set ${{d##*/}} name data{nic} && "
+                     f"ip addr add {n.address} dev data{nic} && ip link set data{nic} up; "
+                     "done; true", check=True)
+        return bdf
+
     def kill(self) -> None:
         """Fault injection: SIGKILL the QEMU process, as a crash would."""
         if self.pid is not None:

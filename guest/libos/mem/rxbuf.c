@@ -1,0 +1,489 @@
+/*
+ * rxbuf.c: the two receive-buffer schemes of rxbuf.h.
+ *
+ * Ownership: the rxbuf owns its DMA region and, in the pool scheme, its refill
+ * thread; rxbuf_destroy stops the thread before unmapping anything. Buffers are
+ * identified by their address inside the region, so the device hands back
+ * nothing but pointers the driver gave it.
+ *
+ * Concurrency in the pool scheme: queue q's posted/released arrays are written
+ * only by queue q's thread (plain stores through __atomic_store_n relaxed, which
+ * compile to ordinary moves) and read by the refill thread. A buffer changes
+ * hands through its state byte (release/acquire) and the free list (mutex, once
+ * per large buffer, never per packet).
+ */
+#include "rxbuf.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "../base/defs.h"
+#include "../net/virtq.h"
+#include "dma.h"
+
+enum { BUF_FREE, BUF_CARVING, BUF_POSTED };
+
+struct fixed_q {
+	uint8_t **stack; /* buffers not posted */
+	unsigned int top;
+};
+
+struct pool_q {
+	int cur;            /* buffer being cut into strides, -1 when none */
+	unsigned int next;  /* next stride of cur */
+	uint32_t *posted;   /* [buffer] strides this queue posted, ever */
+	uint32_t *released; /* [buffer] strides this queue released, ever */
+};
+
+struct rxq_state {
+	struct rxbuf_qstats st;
+	union {
+		struct fixed_q fixed;
+		struct pool_q pool;
+	};
+} __cache_aligned;
+
+struct rxbuf {
+	struct rxbuf_cfg cfg;
+	struct dma_region mem;
+	size_t unit;
+	unsigned int strides; /* per large buffer (pool) */
+	struct rxq_state *q;
+	/* pool scheme */
+	uint8_t *state; /* [buffer] BUF_* */
+	unsigned int *free_list;
+	unsigned int nfree;
+	pthread_mutex_t lock;
+	pthread_cond_t wake;
+	pthread_t refill;
+	bool refill_running;
+	bool stopping;
+	uint64_t recycled, refill_runs;
+	uint64_t gap_threshold; /* strides */
+};
+
+static uint8_t *buf_addr(const struct rxbuf *rb, unsigned int b)
+{
+	return rb->mem.base + (size_t)b * rb->cfg.buf_size;
+}
+
+/* --- fixed scheme ----------------------------------------------------------- */
+
+static int fixed_init(struct rxbuf *rb)
+{
+	unsigned int q, i;
+
+	for (q = 0; q < rb->cfg.queues; q++) {
+		struct fixed_q *f = &rb->q[q].fixed;
+
+		f->stack = calloc(rb->cfg.ring_size, sizeof(uint8_t *));
+		if (!f->stack)
+			return -ENOMEM;
+		for (i = 0; i < rb->cfg.ring_size; i++)
+			f->stack[f->top++] = buf_addr(rb, q * rb->cfg.ring_size + i);
+	}
+	return 0;
+}
+
+static unsigned int fixed_fill(struct rxbuf *rb, unsigned int q, struct virtq *vq)
+{
+	struct fixed_q *f = &rb->q[q].fixed;
+	unsigned int n = 0;
+
+	while (vq->num_free && f->top) {
+		uint8_t *b = f->stack[--f->top];
+
+		virtq_add(vq, dma_addr(b), (uint32_t)rb->unit, true, b);
+		n++;
+	}
+	if (!f->top && vq->num_free)
+		rb->q[q].st.nobuf++;
+	return n;
+}
+
+static void fixed_release(struct rxbuf *rb, unsigned int q, void *buf)
+{
+	struct fixed_q *f = &rb->q[q].fixed;
+
+	f->stack[f->top++] = buf;
+}
+
+/* --- pool scheme ------------------------------------------------------------ */
+
+static uint64_t load64(const uint64_t *p)
+{
+	return __atomic_load_n(p, __ATOMIC_RELAXED);
+}
+
+static uint32_t load32(const uint32_t *p)
+{
+	return __atomic_load_n(p, __ATOMIC_RELAXED);
+}
+
+static bool pool_take(struct rxbuf *rb, unsigned int *b)
+{
+	bool ok = false;
+
+	pthread_mutex_lock(&rb->lock);
+	if (rb->nfree) {
+		*b = rb->free_list[--rb->nfree];
+		__atomic_store_n(&rb->state[*b], BUF_CARVING, __ATOMIC_RELAXED);
+		ok = true;
+	} else {
+		pthread_cond_signal(&rb->wake); /* starving: recycle now */
+	}
+	pthread_mutex_unlock(&rb->lock);
+	return ok;
+}
+
+static unsigned int pool_fill(struct rxbuf *rb, unsigned int q, struct virtq *vq)
+{
+	struct rxq_state *s = &rb->q[q];
+	struct pool_q *p = &s->pool;
+	unsigned int n = 0, b;
+
+	while (vq->num_free) {
+		if (p->cur < 0 || p->next == rb->strides) {
+			if (p->cur >= 0) /* fully cut: now only releases can free it */
+				__atomic_store_n(&rb->state[p->cur], BUF_POSTED, __ATOMIC_RELEASE);
+			p->cur = -1;
+			if (!pool_take(rb, &b)) {
+				s->st.nobuf++;
+				break;
+			}
+			p->cur = (int)b;
+			p->next = 0;
+		}
+		b = (unsigned int)p->cur;
+		virtq_add(vq, dma_addr(buf_addr(rb, b) + (size_t)p->next * rb->unit),
+			  (uint32_t)rb->unit, true, buf_addr(rb, b) + (size_t)p->next * rb->unit);
+		p->next++;
+		__atomic_store_n(&p->posted[b], p->posted[b] + 1, __ATOMIC_RELAXED);
+		n++;
+	}
+	__atomic_store_n(&s->st.posted, s->st.posted + n, __ATOMIC_RELAXED);
+	return n;
+}
+
+static void pool_release(struct rxbuf *rb, unsigned int q, void *buf)
+{
+	struct pool_q *p = &rb->q[q].pool;
+	unsigned int b = (unsigned int)(((uint8_t *)buf - rb->mem.base) / rb->cfg.buf_size);
+
+	__atomic_store_n(&p->released[b], p->released[b] + 1, __ATOMIC_RELAXED);
+}
+
+/* Sum every queue's counters for buffer b: fully released when equal. */
+static bool pool_idle(const struct rxbuf *rb, unsigned int b)
+{
+	uint64_t posted = 0, released = 0;
+	unsigned int q;
+
+	for (q = 0; q < rb->cfg.queues; q++) {
+		released += load32(&rb->q[q].pool.released[b]);
+		posted += load32(&rb->q[q].pool.posted[b]);
+	}
+	return posted == released;
+}
+
+static uint64_t pool_gap(const struct rxbuf *rb)
+{
+	uint64_t posted = 0, consumed = 0;
+	unsigned int q;
+
+	for (q = 0; q < rb->cfg.queues; q++) {
+		posted += load64(&rb->q[q].st.posted);
+		consumed += load64(&rb->q[q].st.consumed);
+	}
+	return posted - consumed;
+}
+
+static void pool_recycle(struct rxbuf *rb)
+{
+	unsigned int b;
+
+	for (b = 0; b < rb->cfg.pool_buffers; b++) {
+		if (__atomic_load_n(&rb->state[b], __ATOMIC_ACQUIRE) != BUF_POSTED)
+			continue;
+		/* the releases are read after the state: a buffer seen POSTED has all its
+		 * strides counted in posted[] already */
+		if (!pool_idle(rb, b))
+			continue;
+		pthread_mutex_lock(&rb->lock);
+		rb->state[b] = BUF_FREE;
+		rb->free_list[rb->nfree++] = b;
+		rb->recycled++;
+		pthread_mutex_unlock(&rb->lock);
+	}
+	rb->refill_runs++;
+}
+
+static uint64_t pool_consumed(const struct rxbuf *rb)
+{
+	uint64_t consumed = 0;
+	unsigned int q;
+
+	for (q = 0; q < rb->cfg.queues; q++)
+		consumed += load64(&rb->q[q].st.consumed);
+	return consumed;
+}
+
+static void *refill_main(void *arg)
+{
+	struct rxbuf *rb = arg;
+	struct timespec until;
+	uint64_t seen = 0, now;
+	long nap_ns = 1000000;
+
+	pthread_mutex_lock(&rb->lock);
+	while (!rb->stopping) {
+		clock_gettime(CLOCK_MONOTONIC, &until);
+		until.tv_nsec += nap_ns;
+		if (until.tv_nsec >= 1000000000L) {
+			until.tv_sec++;
+			until.tv_nsec -= 1000000000L;
+		}
+		pthread_cond_timedwait(&rb->wake, &rb->lock, &until);
+		if (rb->stopping)
+			break;
+		pthread_mutex_unlock(&rb->lock);
+		/* only scan when the queues are running low (or a queue starved) */
+		if (pool_gap(rb) < rb->gap_threshold || !rb->nfree)
+			pool_recycle(rb);
+		/* an idle instance must not pay for a ticking refill thread: nap 1 ms while
+		 * packets flow, 100 ms when nothing was consumed (a starving queue wakes us) */
+		now = pool_consumed(rb);
+		nap_ns = now != seen ? 1000000 : 100000000;
+		seen = now;
+		pthread_mutex_lock(&rb->lock);
+	}
+	pthread_mutex_unlock(&rb->lock);
+	return NULL;
+}
+
+static int pool_init(struct rxbuf *rb)
+{
+	unsigned int q, b;
+	pthread_condattr_t ca;
+
+	rb->state = calloc(rb->cfg.pool_buffers, 1);
+	rb->free_list = calloc(rb->cfg.pool_buffers, sizeof(unsigned int));
+	if (!rb->state || !rb->free_list)
+		return -ENOMEM;
+	for (b = 0; b < rb->cfg.pool_buffers; b++)
+		rb->free_list[rb->nfree++] = rb->cfg.pool_buffers - 1 - b;
+	for (q = 0; q < rb->cfg.queues; q++) {
+		struct pool_q *p = &rb->q[q].pool;
+
+		p->cur = -1;
+		p->posted = calloc(rb->cfg.pool_buffers, sizeof(uint32_t));
+		p->released = calloc(rb->cfg.pool_buffers, sizeof(uint32_t));
+		if (!p->posted || !p->released)
+			return -ENOMEM;
+	}
+	rb->gap_threshold = (uint64_t)rb->cfg.pool_buffers * rb->strides / 4;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&rb->wake, &ca);
+	pthread_condattr_destroy(&ca);
+	if (pthread_create(&rb->refill, NULL, refill_main, rb))
+		return -EAGAIN;
+	rb->refill_running = true;
+	return 0;
+}
+
+/* --- common ----------------------------------------------------------------- */
+
+int rxbuf_create(struct rxbuf **out, const struct rxbuf_cfg *cfg, struct vfio_dev *dev)
+{
+	struct rxbuf *rb;
+	size_t bytes;
+	int ret;
+
+	if (!cfg->queues || !cfg->buf_size)
+		return -EINVAL;
+	if (cfg->kind == RXBUF_POOL &&
+	    (!cfg->stride || cfg->buf_size % cfg->stride || !cfg->pool_buffers ||
+	     cfg->stride < 64))
+		return -EINVAL;
+	if (cfg->kind == RXBUF_FIXED && !cfg->ring_size)
+		return -EINVAL;
+	rb = calloc(1, sizeof(*rb));
+	if (!rb)
+		return -ENOMEM;
+	rb->cfg = *cfg;
+	pthread_mutex_init(&rb->lock, NULL);
+	rb->q = aligned_alloc(CACHE_LINE, sizeof(*rb->q) * cfg->queues);
+	ret = -ENOMEM;
+	if (!rb->q)
+		goto fail;
+	memset(rb->q, 0, sizeof(*rb->q) * cfg->queues);
+	if (cfg->kind == RXBUF_FIXED) {
+		rb->unit = cfg->buf_size;
+		bytes = (size_t)cfg->queues * cfg->ring_size * cfg->buf_size;
+	} else {
+		rb->unit = cfg->stride;
+		rb->strides = cfg->buf_size / cfg->stride;
+		bytes = (size_t)cfg->pool_buffers * cfg->buf_size;
+	}
+	ret = dma_region_create(&rb->mem, dev, bytes);
+	if (ret)
+		goto fail;
+	ret = cfg->kind == RXBUF_FIXED ? fixed_init(rb) : pool_init(rb);
+	if (ret)
+		goto fail;
+	*out = rb;
+	return 0;
+fail:
+	rxbuf_destroy(rb);
+	return ret;
+}
+
+void rxbuf_destroy(struct rxbuf *rb)
+{
+	unsigned int q;
+
+	if (!rb)
+		return;
+	if (rb->refill_running) {
+		pthread_mutex_lock(&rb->lock);
+		rb->stopping = true;
+		pthread_cond_signal(&rb->wake);
+		pthread_mutex_unlock(&rb->lock);
+		pthread_join(rb->refill, NULL);
+	}
+	if (rb->q) {
+		for (q = 0; q < rb->cfg.queues; q++) {
+			if (rb->cfg.kind == RXBUF_FIXED) {
+				free(rb->q[q].fixed.stack);
+			} else {
+				free(rb->q[q].pool.posted);
+				free(rb->q[q].pool.released);
+			}
+		}
+	}
+	free(rb->q);
+	free(rb->state);
+	free(rb->free_list);
+	dma_region_destroy(&rb->mem);
+	free(rb);
+}
+
+size_t rxbuf_unit(const struct rxbuf *rb)
+{
+	return rb->unit;
+}
+
+unsigned int rxbuf_fill(struct rxbuf *rb, unsigned int q, struct virtq *vq)
+{
+	unsigned int n;
+
+	if (rb->cfg.kind == RXBUF_POOL)
+		return pool_fill(rb, q, vq);
+	n = fixed_fill(rb, q, vq);
+	rb->q[q].st.posted += n;
+	return n;
+}
+
+void rxbuf_release(struct rxbuf *rb, unsigned int q, void *buf)
+{
+	if (rb->cfg.kind == RXBUF_POOL)
+		pool_release(rb, q, buf);
+	else
+		fixed_release(rb, q, buf);
+	__atomic_store_n(&rb->q[q].st.consumed, rb->q[q].st.consumed + 1, __ATOMIC_RELAXED);
+}
+
+void rxbuf_qstats(const struct rxbuf *rb, unsigned int q, struct rxbuf_qstats *st)
+{
+	st->posted = load64(&rb->q[q].st.posted);
+	st->consumed = load64(&rb->q[q].st.consumed);
+	st->nobuf = load64(&rb->q[q].st.nobuf);
+}
+
+void rxbuf_pstats(const struct rxbuf *rb, struct rxbuf_pstats *st)
+{
+	memset(st, 0, sizeof(*st));
+	st->pinned_bytes = rb->mem.size;
+	if (rb->cfg.kind == RXBUF_FIXED) {
+		st->buffers_total = (uint64_t)rb->cfg.queues * rb->cfg.ring_size;
+		for (unsigned int q = 0; q < rb->cfg.queues; q++)
+			st->buffers_free += __atomic_load_n(&rb->q[q].fixed.top, __ATOMIC_RELAXED);
+		return;
+	}
+	st->buffers_total = rb->cfg.pool_buffers;
+	st->buffers_free = __atomic_load_n(&rb->nfree, __ATOMIC_RELAXED);
+	st->recycled = __atomic_load_n(&rb->recycled, __ATOMIC_RELAXED);
+	st->refill_runs = __atomic_load_n(&rb->refill_runs, __ATOMIC_RELAXED);
+}
+
+static int fail(FILE *why, const char *what, unsigned int idx, uint64_t a, uint64_t b)
+{
+	if (why)
+		fprintf(why, "rxbuf: %s %u: %llu != %llu\n", what, idx, (unsigned long long)a,
+			(unsigned long long)b);
+	return -EIO;
+}
+
+int rxbuf_check(struct rxbuf *rb, const unsigned int *in_ring, FILE *why)
+{
+	uint64_t in_rings = 0, held = 0, counted = 0;
+	unsigned int q, b, carving = 0;
+
+	for (q = 0; q < rb->cfg.queues; q++) {
+		struct rxbuf_qstats st;
+
+		rxbuf_qstats(rb, q, &st);
+		if (st.posted - st.consumed != in_ring[q])
+			return fail(why, "queue posted-consumed vs ring occupancy", q,
+				    st.posted - st.consumed, in_ring[q]);
+		in_rings += in_ring[q];
+		if (rb->cfg.kind == RXBUF_FIXED && rb->q[q].fixed.top + in_ring[q] != rb->cfg.ring_size)
+			return fail(why, "queue free+posted vs ring size", q,
+				    rb->q[q].fixed.top + in_ring[q], rb->cfg.ring_size);
+	}
+	if (rb->cfg.kind == RXBUF_FIXED)
+		return 0;
+	pool_recycle(rb); /* quiescent: whatever is fully released goes home now */
+	for (b = 0; b < rb->cfg.pool_buffers; b++) {
+		uint64_t posted = 0, released = 0;
+
+		for (q = 0; q < rb->cfg.queues; q++) {
+			posted += rb->q[q].pool.posted[b];
+			released += rb->q[q].pool.released[b];
+		}
+		if (released > posted)
+			return fail(why, "buffer released more strides than posted", b, released,
+				    posted);
+		held += posted - released;
+		switch (rb->state[b]) {
+		case BUF_FREE:
+			if (posted != released)
+				return fail(why, "free buffer with strides in rings", b, posted,
+					    released);
+			counted++;
+			break;
+		case BUF_CARVING:
+			carving++;
+			break;
+		case BUF_POSTED:
+			if (posted == released)
+				return fail(why, "released buffer not recycled", b, posted, released);
+			break;
+		}
+	}
+	for (q = 0; q < rb->cfg.queues; q++)
+		if (rb->q[q].pool.cur >= 0)
+			carving--;
+	if (carving)
+		return fail(why, "buffers carving without an owner", 0, carving, 0);
+	if (counted != rb->nfree)
+		return fail(why, "free buffers vs free list", 0, counted, rb->nfree);
+	if (held != in_rings)
+		return fail(why, "strides held by buffers vs in rings", 0, held, in_rings);
+	return 0;
+}

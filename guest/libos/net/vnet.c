@@ -1,0 +1,649 @@
+/*
+ * vnet.c: bring a virtio-net device up from user space and move frames.
+ *
+ * Bring-up follows virtio 1.x section 3.1: reset, ACKNOWLEDGE, DRIVER, feature
+ * negotiation, queue setup, DRIVER_OK, then control-queue commands for the queue
+ * count and RSS. Setup unwinds in reverse on any failure (vnet_close handles a
+ * half-built device). Queue layout: rx q = 2q, tx q = 2q+1, control = 2*max.
+ * MSI-X: vector 0 config, 1+2q rx q, 2+2q tx q, each to its own eventfd.
+ *
+ * Frames are copied out of receive buffers at once, so buffers go back to the
+ * scheme (rxbuf.c) right away and small packets never pin a large buffer.
+ */
+#include <errno.h>
+#include <linux/virtio_config.h>
+#include <linux/virtio_net.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "../base/defs.h"
+#include "../mem/dma.h"
+#include "../mem/rxbuf.h"
+#include "../vfio/vfio.h"
+#include "libos/vnet.h"
+#include "virtio_pci.h"
+#include "virtq.h"
+
+#define VNET_HDR_LEN sizeof(struct virtio_net_hdr_v1)
+#define TX_SLOT 2048
+#define MAX_FRAME 1514
+#define FEAT(bit) (1ULL << (bit))
+
+/* what this driver can use; VERSION_1 and ACCESS_PLATFORM are required */
+static const uint64_t WANTED = FEAT(VIRTIO_F_VERSION_1) | FEAT(VIRTIO_F_ACCESS_PLATFORM) |
+			       FEAT(VIRTIO_NET_F_MQ) | FEAT(VIRTIO_NET_F_CTRL_VQ) |
+			       FEAT(VIRTIO_NET_F_RSS) | FEAT(VIRTIO_NET_F_MRG_RXBUF) |
+			       FEAT(VIRTIO_RING_F_EVENT_IDX) | FEAT(VIRTIO_NET_F_MAC) |
+			       FEAT(VIRTIO_NET_F_STATUS);
+
+struct vnet_queue {
+	struct virtq rx;
+	struct virtq tx;
+	uint8_t *tx_slots; /* one TX_SLOT per tx descriptor, header included */
+	int rx_efd;
+	int tx_efd;
+	uint64_t rx_packets, rx_bytes, rx_errors, tx_packets, tx_bytes, tx_full, wakeups;
+	uint8_t frame[MAX_FRAME + 64]; /* reassembly of frames spanning strides */
+} __cache_aligned;
+
+struct vnet {
+	struct vfio_dev dev;
+	struct vpci vp;
+	struct dma_region rings;
+	struct rxbuf *rb;
+	struct virtq ctrl;
+	uint8_t *ctrl_buf;
+	struct vnet_queue *q;
+	int cfg_efd;
+	uint64_t features;
+	unsigned int nq, max_pairs;
+	uint16_t ring_size;
+	uint8_t mac[6];
+	bool dev_open, driver_ok;
+};
+
+/* --- control queue ------------------------------------------------------------ */
+
+static int ctrl_cmd(struct vnet *v, uint8_t cls, uint8_t cmd, const void *data, size_t len)
+{
+	uint8_t *hdr = v->ctrl_buf, *body = hdr + 16, *ack = hdr + 1024;
+	struct vq_seg segs[3] = {
+		{ dma_addr(hdr), 2 }, { dma_addr(body), (uint32_t)len }, { dma_addr(ack), 1 },
+	};
+	uint32_t got;
+	int spins;
+
+	if (len > 1000)
+		return -EINVAL;
+	hdr[0] = cls;
+	hdr[1] = cmd;
+	memcpy(body, data, len);
+	*ack = 0xff;
+	if (virtq_add_chain(&v->ctrl, segs, 2, 1, hdr))
+		return -ENOSPC;
+	virtq_kick(&v->ctrl);
+	/* the device answers synchronously in QEMU; allow ~1 s for slow emulation */
+	for (spins = 0; spins < 100000; spins++) {
+		if (virtq_get(&v->ctrl, &got))
+			return *ack == VIRTIO_NET_OK ? 0 : -EIO;
+		usleep(10);
+	}
+	return -ETIMEDOUT;
+}
+
+static int set_queue_pairs(struct vnet *v)
+{
+	uint16_t pairs = (uint16_t)v->nq;
+
+	if (!(v->features & FEAT(VIRTIO_NET_F_MQ)))
+		return v->nq == 1 ? 0 : -ENOTSUP;
+	return ctrl_cmd(v, VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, &pairs,
+			sizeof(pairs));
+}
+
+/* A fixed key (the one commonly used as the Toeplitz default), 40 bytes. */
+static const uint8_t rss_key[40] = {
+	0x6d, 0x5a, 0x56, 0xda, 0x25, 0x5b, 0x0e, 0xc2, 0x41, 0x67, 0x25, 0x3d, 0x43, 0xa3,
+	0x8f, 0xb0, 0xd0, 0xca, 0x2b, 0xcb, 0xae, 0x7b, 0x30, 0xb4, 0x77, 0xcb, 0x2d, 0xa3,
+	0x80, 0x30, 0xf2, 0x0c, 0x6a, 0x42, 0xb7, 0x3b, 0xbe, 0xac, 0x01, 0xfa,
+};
+
+static int set_rss(struct vnet *v)
+{
+	const volatile struct virtio_net_config *nc = (const volatile void *)v->vp.devcfg;
+	unsigned int entries = 128, i, key_len = nc->rss_max_key_size;
+	uint8_t buf[512];
+	size_t off = 0;
+	uint32_t types = VIRTIO_NET_RSS_HASH_TYPE_IPv4 | VIRTIO_NET_RSS_HASH_TYPE_TCPv4 |
+			 VIRTIO_NET_RSS_HASH_TYPE_UDPv4;
+	uint16_t mask, unclassified = 0, max_tx = (uint16_t)v->nq;
+
+	if (nc->rss_max_indirection_table_length < entries)
+		entries = nc->rss_max_indirection_table_length;
+	if (key_len > sizeof(rss_key))
+		key_len = sizeof(rss_key);
+	if (!entries || (entries & (entries - 1)) || !key_len)
+		return -ENOTSUP;
+	types &= nc->supported_hash_types;
+	mask = (uint16_t)(entries - 1);
+	/* struct virtio_net_rss_config, laid out by hand: its table is variable */
+	memcpy(buf + off, &types, 4), off += 4;
+	memcpy(buf + off, &mask, 2), off += 2;
+	memcpy(buf + off, &unclassified, 2), off += 2;
+	for (i = 0; i < entries; i++) {
+		uint16_t rxq = (uint16_t)(i % v->nq); /* receive queue number, not vq index */
+
+		memcpy(buf + off, &rxq, 2), off += 2;
+	}
+	memcpy(buf + off, &max_tx, 2), off += 2;
+	buf[off++] = (uint8_t)key_len;
+	memcpy(buf + off, rss_key, key_len), off += key_len;
+	return ctrl_cmd(v, VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_RSS_CONFIG, buf, off);
+}
+
+/* --- bring-up ------------------------------------------------------------------ */
+
+static int negotiate(struct vnet *v, const char **why)
+{
+	uint64_t offered = vpci_device_features(&v->vp);
+	const uint64_t required = FEAT(VIRTIO_F_VERSION_1) | FEAT(VIRTIO_F_ACCESS_PLATFORM);
+
+	if ((offered & required) != required) {
+		*why = "device lacks VERSION_1 or ACCESS_PLATFORM (needs a modern device "
+		       "with iommu_platform=on)";
+		return -ENOTSUP;
+	}
+	v->features = offered & WANTED;
+	/* MQ and RSS are commands on the control queue: without it, neither */
+	if (!(v->features & FEAT(VIRTIO_NET_F_CTRL_VQ)))
+		v->features &= ~(FEAT(VIRTIO_NET_F_MQ) | FEAT(VIRTIO_NET_F_RSS));
+	if (vpci_set_features(&v->vp, v->features)) {
+		*why = "device refused the negotiated features (FEATURES_OK cleared)";
+		return -ENOTSUP;
+	}
+	return 0;
+}
+
+static int setup_queue(struct vnet *v, struct virtq *vq, uint16_t idx, uint16_t size,
+		       uint16_t vector)
+{
+	bool ev = v->features & FEAT(VIRTIO_RING_F_EVENT_IDX);
+	volatile uint16_t *notify;
+	int ret;
+
+	ret = virtq_alloc(vq, &v->rings, size, idx, ev);
+	if (ret)
+		return ret;
+	notify = vpci_queue_setup(&v->vp, idx, size, dma_addr(vq->desc), dma_addr(vq->avail),
+				  dma_addr(vq->used), vector);
+	if (!notify)
+		return -EIO;
+	vq->notify = notify;
+	return 0;
+}
+
+static size_t rings_bytes(unsigned int pairs, unsigned int size)
+{
+	/* desc + avail + used of one queue, with slack for alignment */
+	size_t ring = 16u * size + (6u + 2u * size) + (6u + 8u * size) + 64u;
+
+	/* rx and tx rings, the TX slots, the control queue (<= 64 entries) and its buffer */
+	return (2u * pairs) * ring + (size_t)pairs * size * TX_SLOT + 16u * 64u * 2u + 8192u;
+}
+
+static int open_queues(struct vnet *v, const char **why)
+{
+	unsigned int i;
+	int ret, *fds;
+	unsigned int nvec = 1 + 2 * v->nq;
+
+	v->cfg_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	fds = calloc(nvec, sizeof(int));
+	if (!fds || v->cfg_efd < 0) {
+		free(fds);
+		*why = "eventfd";
+		return -ENOMEM;
+	}
+	fds[0] = v->cfg_efd;
+	for (i = 0; i < v->nq; i++) {
+		struct vnet_queue *q = &v->q[i];
+
+		q->rx_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+		q->tx_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+		fds[1 + 2 * i] = q->rx_efd;
+		fds[2 + 2 * i] = q->tx_efd;
+		if (q->rx_efd < 0 || q->tx_efd < 0) {
+			free(fds);
+			*why = "eventfd";
+			return -EMFILE;
+		}
+	}
+	ret = vfio_msix_enable(&v->dev, fds, nvec);
+	free(fds);
+	if (ret) {
+		*why = "routing MSI-X vectors to eventfds (VFIO_DEVICE_SET_IRQS)";
+		return ret;
+	}
+	if (vpci_set_config_vector(&v->vp, 0)) {
+		*why = "device refused the config MSI-X vector";
+		return -EIO;
+	}
+	for (i = 0; i < v->nq; i++) {
+		struct vnet_queue *q = &v->q[i];
+
+		ret = setup_queue(v, &q->rx, (uint16_t)(2 * i), v->ring_size, (uint16_t)(1 + 2 * i));
+		if (!ret)
+			ret = setup_queue(v, &q->tx, (uint16_t)(2 * i + 1), v->ring_size,
+					  (uint16_t)(2 + 2 * i));
+		q->tx_slots = dma_alloc(&v->rings, (size_t)TX_SLOT * v->ring_size, 64);
+		if (ret || !q->tx_slots) {
+			*why = "setting up a queue pair";
+			return ret ? ret : -ENOMEM;
+		}
+		virtq_disarm(&q->tx); /* completions are reaped when sending, never signalled */
+	}
+	if (v->features & FEAT(VIRTIO_NET_F_CTRL_VQ)) {
+		uint16_t csize = vpci_queue_max(&v->vp, (uint16_t)(2 * v->max_pairs));
+
+		if (csize > 64)
+			csize = 64;
+		ret = setup_queue(v, &v->ctrl, (uint16_t)(2 * v->max_pairs), csize,
+				  VIRTIO_MSI_NO_VECTOR);
+		v->ctrl_buf = dma_alloc(&v->rings, 2048, 64);
+		if (ret || !v->ctrl_buf) {
+			*why = "setting up the control queue";
+			return ret ? ret : -ENOMEM;
+		}
+	}
+	return 0;
+}
+
+int vnet_open(struct vnet **out, const struct vnet_config *cfg, const char **why)
+{
+	const volatile struct virtio_net_config *nc;
+	struct rxbuf_cfg rcfg;
+	struct vnet *v;
+	uint16_t maxring;
+	const char *dummy;
+	unsigned int i;
+	int ret;
+
+	why = why ? why : &dummy;
+	*why = "";
+	v = aligned_alloc(CACHE_LINE, sizeof(*v));
+	if (!v)
+		return -ENOMEM;
+	memset(v, 0, sizeof(*v));
+	v->cfg_efd = -1;
+	ret = vfio_open(&v->dev, cfg->pci_addr);
+	if (ret) {
+		*why = "opening the device through VFIO (is it bound to vfio-pci?)";
+		free(v);
+		return ret;
+	}
+	v->dev_open = true;
+	ret = vpci_init(&v->vp, &v->dev);
+	if (ret) {
+		*why = "finding the virtio PCI capabilities (not a modern virtio device?)";
+		goto fail;
+	}
+	ret = vpci_reset(&v->vp);
+	if (ret) {
+		*why = "resetting the device";
+		goto fail;
+	}
+	vpci_add_status(&v->vp, VIRTIO_CONFIG_S_ACKNOWLEDGE);
+	vpci_add_status(&v->vp, VIRTIO_CONFIG_S_DRIVER);
+	ret = negotiate(v, why);
+	if (ret)
+		goto fail;
+	nc = (const volatile void *)v->vp.devcfg;
+	v->max_pairs = (v->features & FEAT(VIRTIO_NET_F_MQ)) ? nc->max_virtqueue_pairs : 1;
+	v->nq = cfg->queue_pairs ? cfg->queue_pairs : 1;
+	if (v->nq > v->max_pairs) {
+		*why = "more queue pairs asked for than the device has";
+		ret = -EINVAL;
+		goto fail;
+	}
+	for (i = 0; i < 6; i++)
+		v->mac[i] = nc->mac[i];
+	maxring = vpci_queue_max(&v->vp, 0);
+	v->ring_size = cfg->ring_size ? (uint16_t)cfg->ring_size : maxring;
+	if (!v->ring_size || v->ring_size > maxring || (v->ring_size & (v->ring_size - 1))) {
+		*why = "ring size must be a power of two no larger than the device's";
+		ret = -EINVAL;
+		goto fail;
+	}
+	v->q = aligned_alloc(CACHE_LINE, sizeof(*v->q) * v->nq);
+	ret = -ENOMEM;
+	if (!v->q)
+		goto fail;
+	memset(v->q, 0, sizeof(*v->q) * v->nq);
+	for (i = 0; i < v->nq; i++)
+		v->q[i].rx_efd = v->q[i].tx_efd = -1;
+	ret = dma_region_create(&v->rings, &v->dev, rings_bytes(v->nq, v->ring_size));
+	if (ret) {
+		*why = "mapping ring memory for DMA (VFIO_IOMMU_MAP_DMA)";
+		goto fail;
+	}
+	ret = open_queues(v, why);
+	if (ret)
+		goto fail;
+	memset(&rcfg, 0, sizeof(rcfg));
+	rcfg.queues = v->nq;
+	rcfg.ring_size = v->ring_size;
+	if (cfg->scheme == VNET_RX_POOL) {
+		rcfg.kind = RXBUF_POOL;
+		rcfg.buf_size = cfg->buffer_size ? cfg->buffer_size : 16384;
+		rcfg.stride = cfg->stride ? cfg->stride : 256;
+		rcfg.pool_buffers = cfg->pool_buffers ? cfg->pool_buffers : 128;
+		if (!(v->features & FEAT(VIRTIO_NET_F_MRG_RXBUF)) && rcfg.stride < MAX_FRAME + 12) {
+			*why = "strides smaller than a frame need MRG_RXBUF, which the device lacks";
+			ret = -ENOTSUP;
+			goto fail;
+		}
+	} else {
+		rcfg.kind = RXBUF_FIXED;
+		rcfg.buf_size = cfg->buffer_size ? cfg->buffer_size : 2048;
+	}
+	ret = rxbuf_create(&v->rb, &rcfg, &v->dev);
+	if (ret) {
+		*why = "creating the receive buffers";
+		goto fail;
+	}
+	for (i = 0; i < v->nq; i++) {
+		rxbuf_fill(v->rb, i, &v->q[i].rx);
+		virtq_disarm(&v->q[i].rx);
+	}
+	vpci_add_status(&v->vp, VIRTIO_CONFIG_S_DRIVER_OK);
+	v->driver_ok = true;
+	for (i = 0; i < v->nq; i++)
+		virtq_kick(&v->q[i].rx);
+	ret = set_queue_pairs(v);
+	if (ret) {
+		*why = "setting the number of queue pairs (VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET)";
+		goto fail;
+	}
+	if (cfg->rss && v->nq > 1 && (v->features & FEAT(VIRTIO_NET_F_RSS))) {
+		ret = set_rss(v);
+		if (ret) {
+			*why = "configuring RSS (VIRTIO_NET_CTRL_MQ_RSS_CONFIG)";
+			goto fail;
+		}
+	}
+	*out = v;
+	return 0;
+fail:
+	vnet_close(v);
+	return ret;
+}
+
+void vnet_close(struct vnet *v)
+{
+	unsigned int i;
+
+	if (!v)
+		return;
+	if (v->dev_open) {
+		/* stop DMA before any memory it targets is unmapped */
+		vpci_reset(&v->vp);
+		vfio_msix_disable(&v->dev);
+	}
+	rxbuf_destroy(v->rb);
+	if (v->q) {
+		for (i = 0; i < v->nq; i++) {
+			if (v->q[i].rx_efd >= 0)
+				close(v->q[i].rx_efd);
+			if (v->q[i].tx_efd >= 0)
+				close(v->q[i].tx_efd);
+			free(v->q[i].rx.cookie);
+			free(v->q[i].tx.cookie);
+		}
+	}
+	free(v->ctrl.cookie);
+	if (v->cfg_efd >= 0)
+		close(v->cfg_efd);
+	dma_region_destroy(&v->rings);
+	free(v->q);
+	if (v->dev_open)
+		vfio_close(&v->dev);
+	free(v);
+}
+
+/* --- data path -------------------------------------------------------------------- */
+
+int vnet_rx_burst(struct vnet *v, unsigned int q, unsigned int max, vnet_rx_fn fn, void *arg)
+{
+	struct vnet_queue *vq = &v->q[q];
+	size_t unit = rxbuf_unit(v->rb);
+	unsigned int n = 0;
+	uint32_t len;
+	uint8_t *buf;
+
+	while (n < max && (buf = virtq_get(&vq->rx, &len))) {
+		struct virtio_net_hdr_v1 hdr;
+		uint16_t nbufs, i;
+		size_t flen;
+		bool bad = false;
+
+		if (unlikely(len < VNET_HDR_LEN || len > unit)) {
+			rxbuf_release(v->rb, q, buf);
+			vq->rx_errors++;
+			continue;
+		}
+		memcpy(&hdr, buf, VNET_HDR_LEN);
+		nbufs = (v->features & FEAT(VIRTIO_NET_F_MRG_RXBUF)) ? hdr.num_buffers : 1;
+		flen = len - VNET_HDR_LEN;
+		if (flen <= sizeof(vq->frame))
+			memcpy(vq->frame, buf + VNET_HDR_LEN, flen);
+		else
+			bad = true;
+		rxbuf_release(v->rb, q, buf);
+		/* the rest of a frame spanning strides: the next nbufs-1 used entries */
+		for (i = 1; i < nbufs; i++) {
+			uint8_t *more = virtq_get(&vq->rx, &len);
+
+			if (unlikely(!more)) { /* the device publishes a frame's entries together */
+				bad = true;
+				break;
+			}
+			if (flen + len <= sizeof(vq->frame) && len <= unit)
+				memcpy(vq->frame + flen, more, len);
+			else
+				bad = true;
+			flen += len;
+			rxbuf_release(v->rb, q, more);
+		}
+		if (unlikely(bad)) {
+			vq->rx_errors++;
+			continue;
+		}
+		vq->rx_packets++;
+		vq->rx_bytes += flen;
+		fn(arg, vq->frame, flen);
+		n++;
+	}
+	if (rxbuf_fill(v->rb, q, &vq->rx))
+		virtq_kick(&vq->rx);
+	return (int)n;
+}
+
+static void tx_reap(struct vnet_queue *vq)
+{
+	uint32_t len;
+
+	while (virtq_get(&vq->tx, &len))
+		;
+}
+
+int vnet_tx(struct vnet *v, unsigned int q, const void *frame, size_t len)
+{
+	struct vnet_queue *vq = &v->q[q];
+	uint16_t slot;
+	uint8_t *p;
+
+	if (unlikely(len > MAX_FRAME || len < 14))
+		return -EINVAL;
+	if (vq->tx.num_free < 1)
+		tx_reap(vq);
+	if (unlikely(!vq->tx.num_free)) {
+		vq->tx_full++;
+		return -EAGAIN;
+	}
+	/* the slot belongs to the descriptor the add will take: the free-list head */
+	slot = vq->tx.free_head;
+	p = vq->tx_slots + (size_t)slot * TX_SLOT;
+	memset(p, 0, VNET_HDR_LEN);
+	memcpy(p + VNET_HDR_LEN, frame, len);
+	virtq_add(&vq->tx, dma_addr(p), (uint32_t)(VNET_HDR_LEN + len), false, p);
+	vq->tx_packets++;
+	vq->tx_bytes += len;
+	return 0;
+}
+
+void vnet_tx_flush(struct vnet *v, unsigned int q)
+{
+	virtq_kick(&v->q[q].tx);
+	tx_reap(&v->q[q]);
+}
+
+bool vnet_arm(struct vnet *v, unsigned int q)
+{
+	return virtq_arm(&v->q[q].rx);
+}
+
+void vnet_disarm(struct vnet *v, unsigned int q)
+{
+	virtq_disarm(&v->q[q].rx);
+}
+
+int vnet_eventfd(const struct vnet *v, unsigned int q)
+{
+	return v->q[q].rx_efd;
+}
+
+int vnet_wait(struct vnet *v, unsigned int q, int timeout_ms)
+{
+	struct pollfd p = { .fd = v->q[q].rx_efd, .events = POLLIN };
+	uint64_t cnt;
+	int ret;
+
+	if (vnet_arm(v, q)) {
+		vnet_disarm(v, q);
+		return 1;
+	}
+	ret = poll(&p, 1, timeout_ms);
+	vnet_disarm(v, q);
+	if (ret > 0) {
+		if (read(p.fd, &cnt, sizeof(cnt)) < 0)
+			cnt = 0;
+		v->q[q].wakeups++;
+		return 1;
+	}
+	return ret < 0 ? -errno : 0;
+}
+
+/* --- introspection ----------------------------------------------------------------- */
+
+uint64_t vnet_features(const struct vnet *v)
+{
+	return v->features;
+}
+
+void vnet_mac(const struct vnet *v, uint8_t mac[6])
+{
+	memcpy(mac, v->mac, 6);
+}
+
+unsigned int vnet_queue_pairs(const struct vnet *v)
+{
+	return v->nq;
+}
+
+unsigned int vnet_max_queue_pairs(const struct vnet *v)
+{
+	return v->max_pairs;
+}
+
+bool vnet_link_up(const struct vnet *v)
+{
+	const volatile struct virtio_net_config *nc = (const volatile void *)v->vp.devcfg;
+
+	if (!(v->features & FEAT(VIRTIO_NET_F_STATUS)))
+		return true;
+	return nc->status & VIRTIO_NET_S_LINK_UP;
+}
+
+static const char *const feature_names[64] = {
+	[VIRTIO_NET_F_MAC] = "MAC",
+	[VIRTIO_NET_F_STATUS] = "STATUS",
+	[VIRTIO_NET_F_CTRL_VQ] = "CTRL_VQ",
+	[VIRTIO_NET_F_MQ] = "MQ",
+	[VIRTIO_NET_F_MRG_RXBUF] = "MRG_RXBUF",
+	[VIRTIO_RING_F_EVENT_IDX] = "EVENT_IDX",
+	[VIRTIO_F_VERSION_1] = "VERSION_1",
+	[VIRTIO_F_ACCESS_PLATFORM] = "ACCESS_PLATFORM",
+	[VIRTIO_NET_F_RSS] = "RSS",
+};
+
+void vnet_stats_json(struct vnet *v, FILE *out)
+{
+	struct rxbuf_pstats ps;
+	unsigned int i, first = 1;
+
+	rxbuf_pstats(v->rb, &ps);
+	fprintf(out, "{\"features\": [");
+	for (i = 0; i < 64; i++) {
+		if ((v->features & FEAT(i)) && feature_names[i]) {
+			fprintf(out, "%s\"%s\"", first ? "" : ", ", feature_names[i]);
+			first = 0;
+		}
+	}
+	fprintf(out, "], \"queue_pairs\": %u, \"max_queue_pairs\": %u, \"ring_size\": %u, "
+		     "\"link_up\": %s, \"pool\": {\"pinned_bytes\": %llu, \"buffers_total\": %llu, "
+		     "\"buffers_free\": %llu, \"recycled\": %llu, \"refill_runs\": %llu}, "
+		     "\"queues\": [",
+		v->nq, v->max_pairs, v->ring_size, vnet_link_up(v) ? "true" : "false",
+		(unsigned long long)ps.pinned_bytes, (unsigned long long)ps.buffers_total,
+		(unsigned long long)ps.buffers_free, (unsigned long long)ps.recycled,
+		(unsigned long long)ps.refill_runs);
+	for (i = 0; i < v->nq; i++) {
+		struct vnet_queue *q = &v->q[i];
+		struct rxbuf_qstats qs;
+
+		rxbuf_qstats(v->rb, i, &qs);
+		fprintf(out,
+			"%s{\"rx_packets\": %llu, \"rx_bytes\": %llu, \"rx_errors\": %llu, "
+			"\"tx_packets\": %llu, \"tx_bytes\": %llu, \"tx_full\": %llu, "
+			"\"posted\": %llu, \"consumed\": %llu, \"drops_nobuf\": %llu, "
+			"\"wakeups\": %llu, \"notifications\": %llu}",
+			i ? ", " : "", (unsigned long long)READ_ONCE(q->rx_packets),
+			(unsigned long long)READ_ONCE(q->rx_bytes),
+			(unsigned long long)READ_ONCE(q->rx_errors),
+			(unsigned long long)READ_ONCE(q->tx_packets),
+			(unsigned long long)READ_ONCE(q->tx_bytes),
+			(unsigned long long)READ_ONCE(q->tx_full), (unsigned long long)qs.posted,
+			(unsigned long long)qs.consumed, (unsigned long long)qs.nobuf,
+			(unsigned long long)READ_ONCE(q->wakeups),
+			(unsigned long long)(READ_ONCE(q->rx.notifications) +
+					     READ_ONCE(q->tx.notifications)));
+	}
+	fprintf(out, "]}\n");
+}
+
+int vnet_check(struct vnet *v, FILE *why)
+{
+	unsigned int *in_ring = calloc(v->nq, sizeof(unsigned int)), i;
+	int ret;
+
+	if (!in_ring)
+		return -ENOMEM;
+	for (i = 0; i < v->nq; i++)
+		in_ring[i] = (unsigned int)(v->q[i].rx.size - v->q[i].rx.num_free);
+	ret = rxbuf_check(v->rb, in_ring, why);
+	free(in_ring);
+	return ret;
+}

@@ -1,0 +1,134 @@
+"""The kernel-bypass data plane: the user-space virtio-net driver and the echo server."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from harness import config
+from harness.bypass import EchoOptions, EchoServer, loadgen
+from harness.testbed import Testbed
+
+SPEC = """
+[[network]]
+name = "data"
+[[guest]]
+name = "srv"
+  [[guest.nic]]
+  network = "data"
+  queues = 4
+  iommu = true
+[[guest]]
+name = "cli"
+  [[guest.nic]]
+  network = "data"
+"""
+
+WANTED = {"VERSION_1", "ACCESS_PLATFORM", "MQ", "CTRL_VQ", "RSS", "MRG_RXBUF", "EVENT_IDX",
+          "MAC", "STATUS"}
+
+
+@pytest.fixture(scope="module")
+def bed() -> Iterator[Testbed]:
+    tb = Testbed.up(config.parse(SPEC, default_name="bypass"))
+    yield tb
+    tb.down()
+
+
+def test_features_and_queue_count(bed: Testbed) -> None:
+    srv = bed.guest("srv")
+    bdf = srv.bind_nic(0, "vfio-pci")
+    try:
+        out = srv.run(f"udp_echo --pci {bdf} --queues 4 --info", check=True).stdout
+    finally:
+        srv.bind_nic(0, "virtio-pci")
+    info = json.loads(out)
+    assert set(info["features"]) == WANTED
+    assert info["queue_pairs"] == info["max_queue_pairs"] == 4
+    assert all(q["posted"] == info["ring_size"] for q in info["queues"])
+
+
+@pytest.mark.parametrize("scheme", ["pool", "fixed"])
+def test_echo_many_sizes_and_accounting(bed: Testbed, scheme: str) -> None:
+    srv, cli = bed.guest("srv"), bed.guest("cli")
+    echo = EchoServer(srv, opts=EchoOptions(queues=2, scheme=scheme)).start()
+    try:
+        for size in (16, 64, 231, 232, 500, 1000, 1472):
+            r = loadgen(cli, srv, size=size, duration=1.5, window=4, flows=4)
+            assert r.received == r.sent > 0, (size, r.raw)
+            assert r.bad == 0 and r.lost == 0, (size, r.raw)
+    finally:
+        final = echo.stop()
+    assert final["check"] == "ok"
+    assert final["stack"]["udp_rx"] == final["stack"]["udp_tx"] > 0
+    if scheme == "pool":
+        assert final["device"]["pool"]["recycled"] > 0  # buffers really went round
+
+
+def test_rss_spreads_flows_over_queues(bed: Testbed) -> None:
+    srv, cli = bed.guest("srv"), bed.guest("cli")
+    with EchoServer(srv, opts=EchoOptions(queues=4)) as echo:
+        r = loadgen(cli, srv, duration=2.0, window=8, flows=32)
+        per_queue = [q["rx_packets"] for q in echo.stats()["device"]["queues"]]
+    # Known: with 3 or more queue pairs about 0.2% of requests never reach the driver
+    # (1 and 2 pairs lose none, nor does the kernel driver); see the project notes.
+    assert r.received > 0 and r.loss_ratio < 0.01, r.raw
+    total = sum(per_queue)
+    assert all(n > total * 0.08 for n in per_queue), per_queue
+
+
+def _cpu_seconds(g, pid: int) -> float:  # type: ignore[no-untyped-def]
+    fields = g.run(f"cat /proc/{pid}/stat", check=True).stdout.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / 100.0  # utime + stime, USER_HZ 100
+
+
+def test_armed_instance_sleeps_and_wakes(bed: Testbed) -> None:
+    srv, cli = bed.guest("srv"), bed.guest("cli")
+    with EchoServer(srv, opts=EchoOptions(queues=1, mode="arm")) as echo:
+        pid = echo.pid()
+        assert pid
+        time.sleep(1.0)
+        before = _cpu_seconds(srv, pid)
+        time.sleep(3.0)
+        idle_cpu = (_cpu_seconds(srv, pid) - before) / 3.0
+        r = loadgen(cli, srv, duration=1.0, window=1, flows=1)
+        q0 = echo.stats()["device"]["queues"][0]
+    assert idle_cpu < 0.05, f"armed idle instance used {idle_cpu:.1%} of a vCPU"
+    assert r.received == r.sent > 0
+    assert q0["wakeups"] > 0
+
+
+def test_link_down_up_is_survived(bed: Testbed) -> None:
+    srv, cli = bed.guest("srv"), bed.guest("cli")
+    with EchoServer(srv, opts=EchoOptions(queues=1)) as echo:
+        srv.set_link(0, up=False)
+        time.sleep(1.5)  # the stats file is rewritten once a second
+        assert echo.stats()["device"]["link_up"] is False
+        r = loadgen(cli, srv, duration=1.0, window=1, flows=1, timeout_ms=100)
+        assert r.received == 0
+        srv.set_link(0, up=True)
+        time.sleep(1.5)
+        assert echo.stats()["device"]["link_up"] is True
+        r = loadgen(cli, srv, duration=1.0, window=2, flows=2)
+        assert r.received == r.sent > 0
+
+
+def test_killed_driver_leaves_device_recoverable(bed: Testbed) -> None:
+    srv, cli = bed.guest("srv"), bed.guest("cli")
+    echo = EchoServer(srv, opts=EchoOptions(queues=2)).start()
+    srv.run("killall -KILL udp_echo; sleep 0.5", check=True)
+    echo.running = False
+    again = EchoServer(srv, opts=EchoOptions(queues=2))
+    again.bdf = echo.bdf
+    again.start()  # binds (already vfio-pci) and drives the device afresh
+    try:
+        r = loadgen(cli, srv, duration=1.0, window=2, flows=4)
+        assert r.received == r.sent > 0
+    finally:
+        assert again.stop()["check"] == "ok"
+    # and the kernel driver gets it back in working order
+    ip = srv.plan.nics[0].address.ip
+    assert "0% packet loss" in cli.run(f"ping -c 3 -W 2 {ip}").stdout

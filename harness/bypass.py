@@ -134,8 +134,9 @@ def loadgen(client: Guest, server: Guest, *, nic: int = 0, port: int = 7, size: 
             timeout_ms: int = 1000) -> LoadResult:
     """Run udp_loadgen on ``client`` against ``server``'s data NIC address."""
     dst = server.plan.nics[nic].address.ip
+    pacing = f"--rate {rate}" if rate else f"--rate 0 --window {window}"
     cmd = (f"udp_loadgen --dst {dst} --port {port} --size {size} --duration {duration} "
-           f"--rate {rate} --window {window} --flows {flows} --timeout-ms {timeout_ms} --json")
+           f"{pacing} --flows {flows} --timeout-ms {timeout_ms} --json")
     res = client.run(cmd, timeout=duration + 60, check=True)
     try:
         raw = json.loads(res.stdout.strip().splitlines()[-1])

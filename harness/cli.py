@@ -88,6 +88,19 @@ def build_parser() -> argparse.ArgumentParser:
     bb.add_argument("--runs", type=int, default=5, help="runs per figure (default 5)")
     bb.add_argument("--parallel", type=int, default=8, help="guests in the parallel run")
     bb.add_argument("--image", default="minimal", choices=images.FLAVORS)
+    be_echo = bsub.add_parser("udp-echo", help="kernel UDP sockets vs the bypass path")
+    be_echo.add_argument("--seconds", type=float, default=5.0, help="per measurement")
+    be_idle = bsub.add_parser("idle", help="CPU of an idle instance, polling vs armed")
+    be_idle.add_argument("--seconds", type=float, default=5.0)
+    be_mem = bsub.add_parser("rx-memory", help="smallest pinned RX memory: fixed vs pool")
+    be_mem.add_argument("--rate", type=int, default=500, help="offered requests/s")
+    be_mem.add_argument("--seconds", type=float, default=3.0, help="per configuration")
+
+    nic = sub.add_parser("nic", help="hand a data NIC to a user-space driver or back")
+    nic.add_argument("guest")
+    nic.add_argument("index", type=int, help="data NIC number (data0 is 0)")
+    nic.add_argument("driver", choices=["vfio", "kernel"])
+    nic.add_argument("-t", "--testbed")
     return p
 
 
@@ -336,6 +349,8 @@ def cmd_gc(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_bench(args: argparse.Namespace, out: Output) -> int:
+    if args.bench_cmd != "boot":
+        return _bench_bypass(args, out)
     from harness.bench import bench_boot
 
     if not 1 <= args.runs <= 100:
@@ -351,9 +366,74 @@ def cmd_bench(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
+def _bench_bypass(args: argparse.Namespace, out: Output) -> int:
+    from harness import bench_bypass as bb
+
+    if not 0.5 <= args.seconds <= 600:
+        raise ConfigError("--seconds: use 0.5 to 600")
+    with out.progress() as prog:
+        if args.bench_cmd == "udp-echo":
+            rows = bb.bench_udp_echo(args.seconds, progress=prog)
+            out.table("results", "bench udp-echo (closed loop, window 8, 32 flows, 64 B)",
+                      ["path", "queues", "requests_s", "p50_us", "p99_us", "loss_pct"],
+                      [[r.path, r.queues, round(r.rps), r.p50_us, r.p99_us,
+                        round(r.loss_pct, 3)] for r in rows])
+            by = {(r.path, r.queues): r for r in rows}
+            ratios = []
+            for path in ("bypass", "bypass-armed"):
+                for q in (1, 4):
+                    k, b = by[("kernel", q)], by[(path, q)]
+                    ratios.append([path, q, round(b.rps / k.rps, 2) if k.rps else None,
+                                   round(b.p50_us / k.p50_us, 2)
+                                   if b.p50_us and k.p50_us else None,
+                                   round(b.p99_us / k.p99_us, 2)
+                                   if b.p99_us and k.p99_us else None])
+            out.table("ratios", "bypass / kernel",
+                      ["path", "queues", "requests_s", "p50", "p99"], ratios)
+        elif args.bench_cmd == "idle":
+            rows_i = bb.bench_idle(args.seconds, progress=prog)
+            out.table("results", "bench idle (1 queue pair)",
+                      ["mode", "idle_cpu_pct_of_vcpu", "p50_us_at_20_rps", "p99_us_at_20_rps"],
+                      [[r.mode, round(r.idle_cpu_pct, 2), r.p50_us, r.p99_us] for r in rows_i])
+        else:
+            if not 10 <= args.rate <= 100000:
+                raise ConfigError("--rate: use 10 to 100000 requests/s")
+            rows_m = bb.bench_rx_memory(args.rate, args.seconds, progress=prog)
+            out.table("results", f"bench rx-memory (offered {args.rate} requests/s, "
+                      "loss < 0.1%, 2 queue pairs)",
+                      ["skew", "size", "scheme", "smallest", "pinned_kib", "loss_pct"],
+                      [[r.skew, r.size, r.scheme, r.setting, r.pinned_kib,
+                        round(r.loss_pct, 3)] for r in rows_m])
+            ratio_rows = []
+            for skew in ("uniform", "skewed"):
+                for size in (64, 1400):
+                    f = next(r for r in rows_m if (r.skew, r.size, r.scheme) ==
+                             (skew, size, "fixed"))
+                    p = next(r for r in rows_m if (r.skew, r.size, r.scheme) ==
+                             (skew, size, "pool"))
+                    ratio_rows.append([skew, size, round(f.pinned_kib / p.pinned_kib, 2)
+                                       if f.pinned_kib and p.pinned_kib else None])
+            out.table("ratios", "pinned memory, fixed / pool", ["skew", "size", "ratio"],
+                      ratio_rows)
+    return 0
+
+
+def cmd_nic(args: argparse.Namespace, out: Output) -> int:
+    tb = Testbed.attach(_pick_testbed(args.testbed))
+    try:
+        g = tb.guest(args.guest)
+        bdf = g.bind_nic(args.index, "vfio-pci" if args.driver == "vfio" else "virtio-pci")
+    finally:
+        tb.disconnect()
+    out.table("nic", "nic", ["guest", "nic", "pci", "driver"],
+              [[args.guest, args.index, bdf, "vfio-pci" if args.driver == "vfio" else
+                "virtio-pci"]])
+    return 0
+
+
 COMMANDS = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "exec": cmd_exec,
             "ssh": cmd_ssh, "console": cmd_console, "image": cmd_image, "doctor": cmd_doctor,
-            "demo": cmd_demo, "gc": cmd_gc, "bench": cmd_bench}
+            "demo": cmd_demo, "gc": cmd_gc, "bench": cmd_bench, "nic": cmd_nic}
 
 
 def _on_sigterm(signum: int, frame: object) -> None:

@@ -53,9 +53,11 @@ def create_bridge(ns: str, bridge: str) -> None:
     _ip(["ip", "-n", ns, "link", "set", bridge, "up"], f"bring up bridge {bridge}")
 
 
-def create_tap(tap: str) -> None:
-    _ip(["ip", "tuntap", "add", "dev", tap, "mode", "tap", "multi_queue"],
-        f"create tap {tap}")
+def create_tap(tap: str, multi_queue: bool) -> None:
+    # QEMU opens a one-queue tap without IFF_MULTI_QUEUE and the kernel refuses the
+    # open if the flag differs from how the tap was made
+    argv = ["ip", "tuntap", "add", "dev", tap, "mode", "tap"]
+    _ip(argv + (["multi_queue"] if multi_queue else []), f"create tap {tap}")
 
 
 def attach_tap(tap: str, ns: str, bridge: str) -> None:

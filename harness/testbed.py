@@ -107,7 +107,7 @@ class Testbed:
         for gp in plan.guests:
             for nic in gp.nics:
                 st.record(Resource("tap", nic.tap, netns=plan.netns))
-                net.create_tap(nic.tap)
+                net.create_tap(nic.tap, multi_queue=nic.queues > 1)
             img = imgs[gp.config.image]
             g = Guest(gp, GuestFiles(st.dir / gp.name), image=img, state=st,
                       ssh_port=free_port(), key_file=key_file, host_key=img.host_key)

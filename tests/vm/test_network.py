@@ -78,3 +78,25 @@ def test_iommu_nic_can_be_handed_to_vfio(testbed_factory: Callable[..., Testbed]
     a.run(f"echo > {dev}/driver_override && echo {bdf} > {dev}/driver/unbind && "
           f"echo {bdf} > /sys/bus/pci/drivers_probe", check=True)
     assert a.run(f"basename $(readlink {dev}/driver)").stdout.strip() == "virtio-pci"
+
+
+def test_single_and_many_queue_nics(testbed_factory: Callable[..., Testbed]) -> None:
+    tb = testbed_factory("""
+[[network]]
+name = "data"
+[[guest]]
+name = "a"
+  [[guest.nic]]
+  network = "data"
+  queues = 1
+[[guest]]
+name = "b"
+vcpus = 1
+  [[guest.nic]]
+  network = "data"
+  queues = 8
+""")
+    assert [r.rx_queues for r in tb.guest("a").nic_reports] == [1]
+    assert [(r.rx_queues, r.msix_rx) for r in tb.guest("b").nic_reports] == [(8, 8)]
+    ip = tb.guest("b").plan.nics[0].address.ip
+    assert "0% packet loss" in tb.guest("a").run(f"ping -c 3 -W 2 {ip}").stdout

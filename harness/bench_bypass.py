@@ -1,0 +1,181 @@
+"""Benchmarks of the bypass data plane: ``bench udp-echo``, ``bench idle``, ``bench rx-memory``.
+
+Each makes one testbed (a server guest whose data NIC can be handed to vfio-pci,
+and a client guest running the load generator over its kernel stack), measures,
+and removes it. Results are plain dataclasses; the CLI renders them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from harness import config
+from harness.bypass import EchoOptions, EchoServer, LoadResult, loadgen
+from harness.guest import Guest
+from harness.progress import Progress, Silent
+from harness.testbed import Testbed
+
+SPEC = """
+name = "{name}"
+[[network]]
+name = "data"
+[[guest]]
+name = "srv"
+  [[guest.nic]]
+  network = "data"
+  queues = {queues}
+  iommu = true
+[[guest]]
+name = "cli"
+  [[guest.nic]]
+  network = "data"
+  queues = {queues}
+"""
+
+
+def _bed(name: str, queues: int = 4) -> Testbed:
+    return Testbed.up(config.parse(SPEC.format(name=name, queues=queues)))
+
+
+# --- udp-echo ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EchoRow:
+    path: str  # "kernel" | "bypass" (polling) | "bypass-armed"
+    queues: int
+    rps: float
+    p50_us: float | None
+    p99_us: float | None
+    loss_pct: float
+
+
+def _kernel_echo(srv: Guest, cli: Guest, queues: int, seconds: float, window: int,
+                 flows: int) -> LoadResult:
+    srv.run(f"ethtool -L data0 combined {queues}", check=True)
+    srv.run(f"udp_echo_kernel --port 7 --threads {queues} > /run/kecho.log 2>&1 &", check=True)
+    time.sleep(0.5)
+    try:
+        return loadgen(cli, srv, duration=seconds, window=window, flows=flows)
+    finally:
+        srv.run("killall udp_echo_kernel; true")
+
+
+def bench_udp_echo(seconds: float = 5.0, window: int = 8, flows: int = 32,
+                   progress: Progress | None = None) -> list[EchoRow]:
+    progress = progress or Silent()
+    rows = []
+    progress.step("udp-echo: starting the testbed")
+    with _bed("benchecho") as tb:
+        srv, cli = tb.guest("srv"), tb.guest("cli")
+        for queues in (1, 4):
+            progress.step(f"udp-echo: kernel sockets, {queues} queue pair(s)")
+            r = _kernel_echo(srv, cli, queues, seconds, window, flows)
+            rows.append(EchoRow("kernel", queues, r.achieved_pps, r.p50_us, r.p99_us,
+                                100 * r.loss_ratio))
+            for mode in ("poll", "arm"):
+                progress.step(f"udp-echo: bypass ({mode}), {queues} queue pair(s)")
+                with EchoServer(srv, opts=EchoOptions(queues=queues, mode=mode)):
+                    r = loadgen(cli, srv, duration=seconds, window=window, flows=flows)
+                path = "bypass" if mode == "poll" else "bypass-armed"
+                rows.append(EchoRow(path, queues, r.achieved_pps, r.p50_us, r.p99_us,
+                                    100 * r.loss_ratio))
+    return rows
+
+
+# --- idle -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IdleRow:
+    mode: str  # "poll" | "arm"
+    idle_cpu_pct: float  # of one vCPU, while no packet arrives
+    p50_us: float | None  # request latency at a trickle (each request finds it idle)
+    p99_us: float | None
+
+
+def cpu_seconds(g: Guest, pid: int) -> float:
+    """utime + stime of a guest process (USER_HZ = 100)."""
+    fields = g.run(f"cat /proc/{pid}/stat", check=True).stdout.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / 100.0
+
+
+def bench_idle(seconds: float = 5.0, progress: Progress | None = None) -> list[IdleRow]:
+    progress = progress or Silent()
+    rows = []
+    progress.step("idle: starting the testbed")
+    with _bed("benchidle", queues=1) as tb:
+        srv, cli = tb.guest("srv"), tb.guest("cli")
+        for mode in ("poll", "arm"):
+            progress.step(f"idle: {mode} mode, {seconds:g} s without traffic")
+            with EchoServer(srv, opts=EchoOptions(queues=1, mode=mode)) as echo:
+                pid = echo.pid()
+                if pid is None:
+                    raise RuntimeError("udp_echo vanished")
+                time.sleep(1.0)
+                before = cpu_seconds(srv, pid)
+                time.sleep(seconds)
+                cpu = (cpu_seconds(srv, pid) - before) / seconds
+                progress.step(f"idle: {mode} mode, latency at 20 requests/s")
+                r = loadgen(cli, srv, duration=seconds, rate=20, flows=1)
+            rows.append(IdleRow(mode, 100 * cpu, r.p50_us, r.p99_us))
+    return rows
+
+
+# --- rx-memory --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MemRow:
+    skew: str  # "uniform" | "skewed"
+    size: int
+    scheme: str
+    setting: str  # what was varied: ring size or pool buffers
+    pinned_kib: float | None  # smallest pinned RX memory with loss below the bound
+    loss_pct: float
+
+
+BASELINE_RINGS = (16, 32, 64, 128, 256)
+POOL_BUFFERS = (1, 2, 4, 8, 16, 32)
+
+
+def _try(srv: Guest, cli: Guest, opts: EchoOptions, rate: int, size: int, flows: int,
+         seconds: float) -> tuple[float, float]:
+    """(pinned KiB, loss %) of one configuration at the offered rate."""
+    with EchoServer(srv, opts=opts) as echo:
+        r = loadgen(cli, srv, duration=seconds, rate=rate, size=size, flows=flows)
+        pinned = echo.stats()["device"]["pool"]["pinned_bytes"] / 1024
+    return pinned, 100 * r.loss_ratio
+
+
+def bench_rx_memory(rate: int = 500, seconds: float = 3.0, queues: int = 2,
+                    max_loss_pct: float = 0.1,
+                    progress: Progress | None = None) -> list[MemRow]:
+    progress = progress or Silent()
+    rows = []
+    progress.step("rx-memory: starting the testbed")
+    with _bed("benchmem", queues=queues) as tb:
+        srv, cli = tb.guest("srv"), tb.guest("cli")
+        for skew, flows in (("uniform", 32), ("skewed", 1)):
+            for size in (64, 1400):
+                for scheme, values in (("fixed", BASELINE_RINGS), ("pool", POOL_BUFFERS)):
+                    found: tuple[str, float, float] | None = None
+                    last_loss = 100.0
+                    for value in values:
+                        progress.step(f"rx-memory: {skew} {size} B {scheme} {value}")
+                        opts = (EchoOptions(queues=queues, scheme="fixed", ring=value)
+                                if scheme == "fixed" else
+                                EchoOptions(queues=queues, scheme="pool", pool_buffers=value))
+                        pinned, loss = _try(srv, cli, opts, rate, size, flows, seconds)
+                        last_loss = loss
+                        if loss < max_loss_pct:
+                            label = f"ring {value}" if scheme == "fixed" else f"{value} x 16 KiB"
+                            found = (label, pinned, loss)
+                            break
+                    if found:
+                        rows.append(MemRow(skew, size, scheme, found[0], found[1], found[2]))
+                    else:
+                        rows.append(MemRow(skew, size, scheme, "none met the bound", None,
+                                           last_loss))
+    return rows

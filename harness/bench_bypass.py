@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from harness import config
 from harness.bypass import EchoOptions, EchoServer, LoadResult, loadgen
+from harness.errors import GuestError
 from harness.guest import Guest
 from harness.progress import Progress, Silent
 from harness.testbed import Testbed
@@ -34,8 +35,11 @@ name = "cli"
 """
 
 
-def _bed(name: str, queues: int = 4) -> Testbed:
-    return Testbed.up(config.parse(SPEC.format(name=name, queues=queues)))
+def _bed(name: str, queues: int = 4, full: bool = False) -> Testbed:
+    text = SPEC.format(name=name, queues=queues)
+    if full:  # the Debian image, which carries dpdk-testpmd
+        text = text.replace('name = "srv"', 'name = "srv"\nimage = "full"\nmemory = "1G"')
+    return Testbed.up(config.parse(text))
 
 
 # --- udp-echo ---------------------------------------------------------------------
@@ -43,7 +47,7 @@ def _bed(name: str, queues: int = 4) -> Testbed:
 
 @dataclass(frozen=True)
 class EchoRow:
-    path: str  # "kernel" | "bypass" (polling) | "bypass-armed"
+    path: str  # "kernel" | "bypass" (polling) | "bypass-armed" | "dpdk-testpmd"
     queues: int
     rps: float
     p50_us: float | None
@@ -62,13 +66,37 @@ def _kernel_echo(srv: Guest, cli: Guest, queues: int, seconds: float, window: in
         srv.run("killall udp_echo_kernel; true")
 
 
+def _testpmd(srv: Guest, cli: Guest, seconds: float, window: int, flows: int) -> LoadResult:
+    """DPDK's testpmd on the same NIC, swapping MACs, IPs and ports (5tswap): each
+    request comes back to its sender as an echo, so the same load generator measures it."""
+    bdf = srv.bind_nic(0, "vfio-pci")
+    try:
+        srv.run(f"dpdk-testpmd -l 0-1 -n 1 -a {bdf} --no-huge -m 256 -- --rxq=1 --txq=1 "
+                "--nb-cores=1 --forward-mode=5tswap --stats-period 1 "
+                "> /run/testpmd.log 2>&1 &", check=True)
+        deadline = time.monotonic() + 60
+        while "Port statistics" not in srv.run("cat /run/testpmd.log").stdout:
+            if time.monotonic() > deadline or not srv.run("pidof dpdk-testpmd").ok:
+                log = srv.run("tail -5 /run/testpmd.log").stdout
+                raise GuestError(f"srv: dpdk-testpmd did not start: {log[-300:]}", guest="srv")
+            time.sleep(0.5)
+        return loadgen(cli, srv, duration=seconds, window=window, flows=flows)
+    finally:
+        srv.run("killall -INT dpdk-testpmd; sleep 2; killall -KILL dpdk-testpmd; true")
+        srv.bind_nic(0, "virtio-pci")
+
+
 def bench_udp_echo(seconds: float = 5.0, window: int = 8, flows: int = 32,
                    progress: Progress | None = None) -> list[EchoRow]:
     progress = progress or Silent()
     rows = []
     progress.step("udp-echo: starting the testbed")
-    with _bed("benchecho") as tb:
+    with _bed("benchecho", full=True) as tb:
         srv, cli = tb.guest("srv"), tb.guest("cli")
+        progress.step("udp-echo: dpdk-testpmd (5tswap), 1 queue pair")
+        r = _testpmd(srv, cli, seconds, window, flows)
+        rows.append(EchoRow("dpdk-testpmd", 1, r.achieved_pps, r.p50_us, r.p99_us,
+                            100 * r.loss_ratio))
         for queues in (1, 4):
             progress.step(f"udp-echo: kernel sockets, {queues} queue pair(s)")
             r = _kernel_echo(srv, cli, queues, seconds, window, flows)
@@ -149,7 +177,7 @@ def _try(srv: Guest, cli: Guest, opts: EchoOptions, rate: int, size: int, flows:
     return pinned, 100 * r.loss_ratio
 
 
-def bench_rx_memory(rate: int = 500, seconds: float = 3.0, queues: int = 2,
+def bench_rx_memory(rate: int = 1500, seconds: float = 3.0, queues: int = 2,
                     max_loss_pct: float = 0.1,
                     progress: Progress | None = None) -> list[MemRow]:
     progress = progress or Silent()

@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     be_idle = bsub.add_parser("idle", help="CPU of an idle instance, polling vs armed")
     be_idle.add_argument("--seconds", type=float, default=5.0)
     be_mem = bsub.add_parser("rx-memory", help="smallest pinned RX memory: fixed vs pool")
-    be_mem.add_argument("--rate", type=int, default=500, help="offered requests/s")
+    be_mem.add_argument("--rate", type=int, default=1500, help="offered requests/s")
     be_mem.add_argument("--seconds", type=float, default=3.0, help="per configuration")
 
     nic = sub.add_parser("nic", help="hand a data NIC to a user-space driver or back")
@@ -390,6 +390,10 @@ def _bench_bypass(args: argparse.Namespace, out: Output) -> int:
                                    if b.p99_us and k.p99_us else None])
             out.table("ratios", "bypass / kernel",
                       ["path", "queues", "requests_s", "p50", "p99"], ratios)
+            ref, ours = by[("dpdk-testpmd", 1)], by[("bypass", 1)]
+            out.table("reference", "bypass / dpdk-testpmd (1 queue pair, goal >= 0.8)",
+                      ["requests_s_ratio"],
+                      [[round(ours.rps / ref.rps, 2) if ref.rps else None]])
         elif args.bench_cmd == "idle":
             rows_i = bb.bench_idle(args.seconds, progress=prog)
             out.table("results", "bench idle (1 queue pair)",

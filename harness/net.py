@@ -34,6 +34,12 @@ def netns_exec(ns: str, argv: list[str]) -> list[str]:
 def create_netns(ns: str) -> None:
     _ip(["ip", "netns", "add", ns], f"create network namespace {ns}")
     _ip(["ip", "-n", ns, "link", "set", "lo", "up"], f"bring up lo in {ns}")
+    # With br_netfilter loaded on the host, bridges hand frames to the IP firewall
+    # hooks, which drop malformed IPv4 (bad checksum, length, header) before the
+    # peer guest sees it: a testbed bridge must be a plain wire.
+    for table in ("iptables", "ip6tables", "arptables"):
+        _ip(netns_exec(ns, ["sysctl", "-q", "-w", f"net.bridge.bridge-nf-call-{table}=0"]),
+            "", check=False)
 
 
 def delete_netns(ns: str) -> bool:

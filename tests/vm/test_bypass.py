@@ -73,11 +73,12 @@ def test_rss_spreads_flows_over_queues(bed: Testbed) -> None:
     with EchoServer(srv, opts=EchoOptions(queues=4)) as echo:
         r = loadgen(cli, srv, duration=2.0, window=8, flows=32)
         per_queue = [q["rx_packets"] for q in echo.stats()["device"]["queues"]]
-    # Known: with 3 or more queue pairs about 0.2% of requests never reach the driver
-    # (1 and 2 pairs lose none, nor does the kernel driver); see the project notes.
+    # Open finding: with 3 or more queue pairs QEMU 7.2 hands back a few receive buffers
+    # unused (used length 0, counted as rx_err_len) on queues 2 and 3 and those requests
+    # are lost; 1 and 2 pairs lose none. Until it is understood, bound the loss.
     assert r.received > 0 and r.loss_ratio < 0.01, r.raw
     total = sum(per_queue)
-    assert all(n > total * 0.08 for n in per_queue), per_queue
+    assert all(n > total * 0.05 for n in per_queue), per_queue
 
 
 def _cpu_seconds(g, pid: int) -> float:  # type: ignore[no-untyped-def]
@@ -132,3 +133,29 @@ def test_killed_driver_leaves_device_recoverable(bed: Testbed) -> None:
     # and the kernel driver gets it back in working order
     ip = srv.plan.nics[0].address.ip
     assert "0% packet loss" in cli.run(f"ping -c 3 -W 2 {ip}").stdout
+
+
+def test_fuzz_from_peer_is_dropped_and_counted(bed: Testbed) -> None:
+    srv, cli = bed.guest("srv"), bed.guest("cli")
+    echo = EchoServer(srv, opts=EchoOptions(queues=2)).start()
+    try:
+        mac = srv.plan.nics[0].mac
+        ip, src = srv.plan.nics[0].address.ip, cli.plan.nics[0].address.ip
+        out = cli.run(f"frame_fuzz --iface data0 --dst-mac {mac} --dst-ip {ip} --src-ip {src} "
+                      "--count 6000 --rate 1500 --seed 42 --json", timeout=120, check=True)
+        sent = json.loads(out.stdout.strip().splitlines()[-1])
+        assert echo.pid() is not None, "udp_echo died under fuzzing"
+        r = loadgen(cli, srv, duration=1.0, window=2, flows=2)  # still serving
+        assert r.received == r.sent > 0
+    finally:
+        final = echo.stop()
+    assert final["check"] == "ok"  # every buffer accounted for after the storm
+    st = final["stack"]
+    for counter in ("drop_short", "drop_ip_csum", "drop_ip_frag", "drop_udp_bad",
+                    "drop_foreign_mac", "drop_ip_foreign", "drop_proto"):
+        assert st[counter] > 0, counter
+    malformed = sum(n for kind, n in sent["by_kind"].items() if kind not in ("valid", "arp_storm"))
+    drops = sum(v for k, v in st.items() if k.startswith("drop_"))
+    # frames the sender's kernel refused never left; the rest must all be counted
+    assert drops >= (malformed - sent["send_errors"]) * 0.9, (drops, malformed, sent)
+    assert st["arp_rx"] >= sent["by_kind"]["arp_storm"] // 2

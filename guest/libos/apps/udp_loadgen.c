@@ -580,6 +580,23 @@ static int is_icmp_error(int e)
 	return e == ECONNREFUSED || e == EHOSTUNREACH || e == ENETUNREACH || e == EHOSTDOWN;
 }
 
+/*
+ * Replies arrive in bursts when the generator's vCPU is descheduled (under TCG for
+ * tens of milliseconds): with the default ~200 KiB receive buffer the kernel drops
+ * them (UDP RcvbufErrors) and the server would be blamed for the loss. The FORCE
+ * variants pass rmem_max/wmem_max when running as root; the plain ones are the
+ * fallback, capped by those limits.
+ */
+static void widen_buffers(int fd)
+{
+	int bytes = 8 << 20;
+
+	if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &bytes, sizeof(bytes)) < 0)
+		setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bytes, sizeof(bytes));
+	if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &bytes, sizeof(bytes)) < 0)
+		setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof(bytes));
+}
+
 static int open_flow(const struct options *opt, int epfd, unsigned int idx, int *fd_out)
 {
 	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons(opt->port),
@@ -590,6 +607,7 @@ static int open_flow(const struct options *opt, int epfd, unsigned int idx, int 
 	fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return -errno;
+	widen_buffers(fd);
 	/* connect() binds a fresh ephemeral source port per socket: one flow each for RSS. */
 	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
 	    epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {

@@ -35,6 +35,7 @@ struct fixed_q {
 struct pool_q {
 	int cur;            /* buffer being cut into strides, -1 when none */
 	unsigned int next;  /* next stride of cur */
+	unsigned int want;  /* strides this queue keeps posted; grows with its traffic */
 	uint32_t *posted;   /* [buffer] strides this queue posted, ever */
 	uint32_t *released; /* [buffer] strides this queue released, ever */
 };
@@ -145,8 +146,16 @@ static unsigned int pool_fill(struct rxbuf *rb, unsigned int q, struct virtq *vq
 	struct rxq_state *s = &rb->q[q];
 	struct pool_q *p = &s->pool;
 	unsigned int n = 0, b;
+	uint64_t in_ring = s->st.posted - s->st.consumed;
 
-	while (vq->num_free) {
+	/*
+	 * Strides are shared: a queue keeps only what its traffic needs posted, so
+	 * an idle queue pins half a buffer, not a ring's worth. A queue that used
+	 * three quarters of its strides since the last fill doubles its share.
+	 */
+	if (in_ring < p->want / 4 && p->want < vq->size)
+		p->want = p->want * 2 < vq->size ? p->want * 2 : vq->size;
+	while (vq->num_free && in_ring + n < p->want) {
 		if (p->cur < 0 || p->next == rb->strides) {
 			if (p->cur >= 0) /* fully cut: now only releases can free it */
 				__atomic_store_n(&rb->state[p->cur], BUF_POSTED, __ATOMIC_RELEASE);
@@ -280,6 +289,7 @@ static int pool_init(struct rxbuf *rb)
 		struct pool_q *p = &rb->q[q].pool;
 
 		p->cur = -1;
+		p->want = rb->strides / 2;
 		p->posted = calloc(rb->cfg.pool_buffers, sizeof(uint32_t));
 		p->released = calloc(rb->cfg.pool_buffers, sizeof(uint32_t));
 		if (!p->posted || !p->released)

@@ -46,6 +46,11 @@ struct vnet_queue {
 	int rx_efd;
 	int tx_efd;
 	uint64_t rx_packets, rx_bytes, rx_errors, tx_packets, tx_bytes, tx_full, wakeups;
+	/* why frames were refused: a buffer length out of range, a frame announced to span
+	 * more buffers than were used, a frame longer than the largest Ethernet frame */
+	uint64_t rx_err_len, rx_err_span, rx_err_big;
+	uint16_t last_bad_nbufs;
+	uint32_t last_bad_len;
 	uint8_t frame[MAX_FRAME + 64]; /* reassembly of frames spanning strides */
 } __cache_aligned;
 
@@ -432,15 +437,19 @@ int vnet_rx_burst(struct vnet *v, unsigned int q, unsigned int max, vnet_rx_fn f
 		if (unlikely(len < VNET_HDR_LEN || len > unit)) {
 			rxbuf_release(v->rb, q, buf);
 			vq->rx_errors++;
+			vq->rx_err_len++;
+			vq->last_bad_len = len;
 			continue;
 		}
 		memcpy(&hdr, buf, VNET_HDR_LEN);
 		nbufs = (v->features & FEAT(VIRTIO_NET_F_MRG_RXBUF)) ? hdr.num_buffers : 1;
 		flen = len - VNET_HDR_LEN;
-		if (flen <= sizeof(vq->frame))
+		if (flen <= sizeof(vq->frame)) {
 			memcpy(vq->frame, buf + VNET_HDR_LEN, flen);
-		else
+		} else {
 			bad = true;
+			vq->rx_err_big++;
+		}
 		rxbuf_release(v->rb, q, buf);
 		/* the rest of a frame spanning strides: the next nbufs-1 used entries */
 		for (i = 1; i < nbufs; i++) {
@@ -448,12 +457,16 @@ int vnet_rx_burst(struct vnet *v, unsigned int q, unsigned int max, vnet_rx_fn f
 
 			if (unlikely(!more)) { /* the device publishes a frame's entries together */
 				bad = true;
+				vq->rx_err_span++;
+				vq->last_bad_nbufs = nbufs;
 				break;
 			}
-			if (flen + len <= sizeof(vq->frame) && len <= unit)
+			if (flen + len <= sizeof(vq->frame) && len <= unit) {
 				memcpy(vq->frame + flen, more, len);
-			else
+			} else {
 				bad = true;
+				vq->rx_err_big++;
+			}
 			flen += len;
 			rxbuf_release(v->rb, q, more);
 		}
@@ -619,7 +632,9 @@ void vnet_stats_json(struct vnet *v, FILE *out)
 			"%s{\"rx_packets\": %llu, \"rx_bytes\": %llu, \"rx_errors\": %llu, "
 			"\"tx_packets\": %llu, \"tx_bytes\": %llu, \"tx_full\": %llu, "
 			"\"posted\": %llu, \"consumed\": %llu, \"drops_nobuf\": %llu, "
-			"\"wakeups\": %llu, \"notifications\": %llu}",
+			"\"wakeups\": %llu, \"notifications\": %llu, \"rx_err_len\": %llu, "
+			"\"rx_err_span\": %llu, \"rx_err_big\": %llu, \"last_bad_len\": %u, "
+			"\"last_bad_nbufs\": %u}",
 			i ? ", " : "", (unsigned long long)READ_ONCE(q->rx_packets),
 			(unsigned long long)READ_ONCE(q->rx_bytes),
 			(unsigned long long)READ_ONCE(q->rx_errors),
@@ -629,7 +644,9 @@ void vnet_stats_json(struct vnet *v, FILE *out)
 			(unsigned long long)qs.consumed, (unsigned long long)qs.nobuf,
 			(unsigned long long)READ_ONCE(q->wakeups),
 			(unsigned long long)(READ_ONCE(q->rx.notifications) +
-					     READ_ONCE(q->tx.notifications)));
+					     READ_ONCE(q->tx.notifications)),
+			(unsigned long long)q->rx_err_len, (unsigned long long)q->rx_err_span,
+			(unsigned long long)q->rx_err_big, q->last_bad_len, q->last_bad_nbufs);
 	}
 	fprintf(out, "]}\n");
 }

@@ -63,16 +63,20 @@ def _kernel_echo(srv: Guest, cli: Guest, queues: int, seconds: float, window: in
     try:
         return loadgen(cli, srv, duration=seconds, window=window, flows=flows)
     finally:
-        srv.run("killall udp_echo_kernel; true")
+        srv.run("kill $(pidof udp_echo_kernel) 2>/dev/null; true")
 
 
 def _testpmd(srv: Guest, cli: Guest, seconds: float, window: int, flows: int) -> LoadResult:
     """DPDK's testpmd on the same NIC, swapping MACs, IPs and ports (5tswap): each
     request comes back to its sender as an echo, so the same load generator measures it."""
     bdf = srv.bind_nic(0, "vfio-pci")
+    nic = srv.plan.nics[0]
+    # testpmd answers no ARP: the client gets the server's MAC statically
+    cli.run(f"arp -i data0 -s {nic.address.ip} {nic.mac}",
+            check=True)
     try:
-        srv.run(f"dpdk-testpmd -l 0-1 -n 1 -a {bdf} --no-huge -m 256 -- --rxq=1 --txq=1 "
-                "--nb-cores=1 --forward-mode=5tswap --stats-period 1 "
+        srv.run(f"dpdk-testpmd -l 0-1 -n 1 -a {bdf} --no-huge -m 64 -- --rxq=1 --txq=1 "
+                "--nb-cores=1 --total-num-mbufs=2048 --forward-mode=5tswap --stats-period 1 "
                 "> /run/testpmd.log 2>&1 &", check=True)
         deadline = time.monotonic() + 60
         while "Port statistics" not in srv.run("cat /run/testpmd.log").stdout:
@@ -82,8 +86,13 @@ def _testpmd(srv: Guest, cli: Guest, seconds: float, window: int, flows: int) ->
             time.sleep(0.5)
         return loadgen(cli, srv, duration=seconds, window=window, flows=flows)
     finally:
-        srv.run("killall -INT dpdk-testpmd; sleep 2; killall -KILL dpdk-testpmd; true")
+        # vfio-pci's unbind waits for the device to be released: testpmd must be gone
+        srv.run("kill -INT $(pidof dpdk-testpmd); i=0; while pidof dpdk-testpmd >/dev/null && "
+                "[ $i -lt 50 ]; do sleep 0.2; i=$((i+1)); done; "
+                "kill -KILL $(pidof dpdk-testpmd) 2>/dev/null; "
+                "while pidof dpdk-testpmd >/dev/null; do sleep 0.2; done; true", timeout=60)
         srv.bind_nic(0, "virtio-pci")
+        cli.run(f"arp -i data0 -d {nic.address.ip}; true")
 
 
 def bench_udp_echo(seconds: float = 5.0, window: int = 8, flows: int = 32,

@@ -109,12 +109,12 @@ class EchoServer:
         g = self.guest
         final: dict[str, Any] = {}
         if self.running:
-            g.run("killall -TERM udp_echo 2>/dev/null; true")
+            g.run("kill -TERM $(pidof udp_echo) 2>/dev/null; true")
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline and g.run("pidof udp_echo").ok:
                 time.sleep(0.1)
             if g.run("pidof udp_echo").ok:
-                g.run("killall -KILL udp_echo; true")
+                g.run("kill -KILL $(pidof udp_echo) 2>/dev/null; true")
                 raise GuestError(f"{g.name}: udp_echo ignored SIGTERM", guest=g.name)
             final = self.stats()
             self.running = False

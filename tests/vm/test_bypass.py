@@ -120,7 +120,7 @@ def test_link_down_up_is_survived(bed: Testbed) -> None:
 def test_killed_driver_leaves_device_recoverable(bed: Testbed) -> None:
     srv, cli = bed.guest("srv"), bed.guest("cli")
     echo = EchoServer(srv, opts=EchoOptions(queues=2)).start()
-    srv.run("killall -KILL udp_echo; sleep 0.5", check=True)
+    srv.run("kill -KILL $(pidof udp_echo); sleep 0.5", check=True)
     echo.running = False
     again = EchoServer(srv, opts=EchoOptions(queues=2))
     again.bdf = echo.bdf

@@ -8,6 +8,7 @@ Ctrl-C so every path runs the same cleanup.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import select
@@ -95,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     be_mem = bsub.add_parser("rx-memory", help="smallest pinned RX memory: fixed vs pool")
     be_mem.add_argument("--rate", type=int, default=1500, help="offered requests/s")
     be_mem.add_argument("--seconds", type=float, default=3.0, help="per configuration")
+
+    stats = sub.add_parser("stats", help="counters of the bypass echo server in a guest")
+    stats.add_argument("guest")
+    stats.add_argument("-t", "--testbed")
 
     nic = sub.add_parser("nic", help="hand a data NIC to a user-space driver or back")
     nic.add_argument("guest")
@@ -422,6 +427,35 @@ def _bench_bypass(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
+def cmd_stats(args: argparse.Namespace, out: Output) -> int:
+    from harness.bypass import STATS
+
+    tb = Testbed.attach(_pick_testbed(args.testbed))
+    try:
+        res = tb.guest(args.guest).run(f"cat {STATS}")
+    finally:
+        tb.disconnect()
+    if not res.ok:
+        raise HarnessError(f"{args.guest}: no udp_echo counters at {STATS}; start the bypass "
+                           "echo server first (harness.bypass.EchoServer)")
+    try:
+        st = json.loads(res.stdout)
+    except ValueError as exc:
+        raise HarnessError(f"{args.guest}: unreadable counters in {STATS}") from exc
+    dev = st["device"]
+    qcols = ["rx_packets", "rx_bytes", "rx_errors", "tx_packets", "posted", "consumed",
+             "drops_nobuf", "wakeups"]
+    out.table("queues", f"{args.guest}: udp_echo ({st['scheme']} buffers, {st['mode']} mode, "
+              f"link {'up' if dev['link_up'] else 'down'}, accounting {st['check']})",
+              ["queue", *qcols], [[i, *[q[c] for c in qcols]] for i, q in
+                                  enumerate(dev["queues"])])
+    pool = dev["pool"]
+    out.table("pool", "receive buffers", list(pool), [list(pool.values())])
+    out.table("stack", "network stack", ["counter", "value"],
+              [[k, v] for k, v in st["stack"].items() if v])
+    return 0
+
+
 def cmd_nic(args: argparse.Namespace, out: Output) -> int:
     tb = Testbed.attach(_pick_testbed(args.testbed))
     try:
@@ -437,7 +471,8 @@ def cmd_nic(args: argparse.Namespace, out: Output) -> int:
 
 COMMANDS = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "exec": cmd_exec,
             "ssh": cmd_ssh, "console": cmd_console, "image": cmd_image, "doctor": cmd_doctor,
-            "demo": cmd_demo, "gc": cmd_gc, "bench": cmd_bench, "nic": cmd_nic}
+            "demo": cmd_demo, "gc": cmd_gc, "bench": cmd_bench, "nic": cmd_nic,
+            "stats": cmd_stats}
 
 
 def _on_sigterm(signum: int, frame: object) -> None:

@@ -111,3 +111,10 @@ def test_reset_vector_rom() -> None:
 def test_summarize() -> None:
     s = stats.summarize([3.0, 1.0, 2.0, 10.0])
     assert (s.median, s.low, s.high, s.runs, s.spread) == (2.5, 1.0, 10.0, 4, 9.0)
+
+
+def test_missing_package_is_named() -> None:
+    from harness import apt
+
+    with pytest.raises(ImageError, match="package 'no-such-package-harness' cannot be had"):
+        apt.resolve(["busybox-static", "no-such-package-harness"])

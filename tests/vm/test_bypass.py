@@ -145,8 +145,10 @@ def test_fuzz_from_peer_is_dropped_and_counted(bed: Testbed) -> None:
                       "--count 6000 --rate 1500 --seed 42 --json", timeout=120, check=True)
         sent = json.loads(out.stdout.strip().splitlines()[-1])
         assert echo.pid() is not None, "udp_echo died under fuzzing"
-        r = loadgen(cli, srv, duration=1.0, window=2, flows=2)  # still serving
-        assert r.received == r.sent > 0
+        # still serving: the storm may leave a request or two in flight (window 2 waits
+        # out their timeout), so a short settling run precedes the one that must be clean
+        runs = [loadgen(cli, srv, duration=2.0, window=4, flows=4) for _ in range(2)]
+        assert runs[-1].received == runs[-1].sent > 0, [r.raw for r in runs]
     finally:
         final = echo.stop()
     assert final["check"] == "ok"  # every buffer accounted for after the storm
@@ -159,3 +161,20 @@ def test_fuzz_from_peer_is_dropped_and_counted(bed: Testbed) -> None:
     # frames the sender's kernel refused never left; the rest must all be counted
     assert drops >= (malformed - sent["send_errors"]) * 0.9, (drops, malformed, sent)
     assert st["arp_rx"] >= sent["by_kind"]["arp_storm"] // 2
+
+
+def test_stats_command_shows_counters(bed: Testbed) -> None:
+    import os
+    import subprocess
+    import sys
+
+    srv, cli = bed.guest("srv"), bed.guest("cli")
+    with EchoServer(srv, opts=EchoOptions(queues=2)):
+        loadgen(cli, srv, duration=1.0, window=2, flows=4)
+        res = subprocess.run([sys.executable, "-m", "harness.cli", "--json", "stats", "srv",
+                              "-t", bed.name], capture_output=True, text=True, timeout=60,
+                             env=os.environ.copy())
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert len(out["queues"]) == 2 and sum(q["rx_packets"] for q in out["queues"]) > 0
+    assert out["pool"][0]["pinned_bytes"] > 0

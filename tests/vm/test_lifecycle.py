@@ -57,6 +57,15 @@ def test_cli_up_exec_status_down(tmp_path: Path, isolated_state: Path) -> None:
         r = harness("--json", "exec", "--all", "--", "hostname")
         res = json.loads(r.stdout)["results"]
         assert {n: v["stdout"].strip() for n, v in res.items()} == {"a": "a", "b": "b"}
+        # the serial console (a root shell) and interactive SSH, driven through stdin
+        con = subprocess.run([sys.executable, "-m", "harness.cli", "console", "a"],
+                             input="echo console-$((6*7))\n", capture_output=True,
+                             text=True, timeout=60, env=os.environ.copy())
+        assert con.returncode == 0 and "console-42" in con.stdout, con.stdout[-500:]
+        ssh = subprocess.run([sys.executable, "-m", "harness.cli", "ssh", "b"],
+                             input="hostname\n", capture_output=True, text=True, timeout=60,
+                             env=os.environ.copy())
+        assert ssh.returncode == 0 and ssh.stdout.strip().endswith("b"), ssh.stderr
         st = json.loads(harness("--json", "status").stdout)["testbeds"]
         assert [row["process"] for row in st] == ["running", "running"]
         assert "running; detached" in st[0]["state"]
@@ -64,6 +73,16 @@ def test_cli_up_exec_status_down(tmp_path: Path, isolated_state: Path) -> None:
         down = json.loads(harness("--json", "down", "clitest").stdout)["removed"]
     assert down[0]["guests"] == 2 and down[0]["namespaces"] == 1 and down[0]["taps"] == 2
     assert leftovers(isolated_state) == []
+
+
+def test_doctor_reports_real_probes() -> None:
+    checks = {c["check"]: c for c in json.loads(harness("--json", "doctor").stdout)["checks"]}
+    assert checks["qemu"]["ok"] and checks["accel tcg"]["ok"]
+    assert checks["accel tcg"]["detail"] == "ran guest code"
+    # KVM is judged by running guest code, never by the device node alone
+    assert checks["accel kvm"]["ok"] == (checks["accel kvm"]["detail"] == "ran guest code")
+    assert checks["cpu feature fsgsbase"]["ok"] and not checks["cpu feature uintr"]["ok"]
+    assert checks["image minimal"]["ok"]
 
 
 def test_cli_bad_input_is_one_line(tmp_path: Path) -> None:

@@ -43,7 +43,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "args.h"
+
 #define PROG "frame_fuzz"
+#define arg_error(opt, what) args_error(PROG, (opt), (what))
 
 #define NS_PER_SEC 1000000000ULL
 /* Longest single sleep, so a signal that lands just before a sleep is seen soon. */
@@ -949,44 +952,6 @@ static const struct option long_opts[] = {
 	{ NULL, 0, NULL, 0 },
 };
 
-static int arg_error(const char *opt, const char *what)
-{
-	fprintf(stderr, PROG ": %s: %s\n", opt, what);
-	return -EINVAL;
-}
-
-/* Digits only: strtoull alone would accept "-1", " 5" and "0x10". */
-static int parse_u64(const char *s, uint64_t min, uint64_t max, uint64_t *out)
-{
-	unsigned long long v;
-	char *end;
-
-	if (!s || *s < '0' || *s > '9')
-		return -EINVAL;
-	errno = 0;
-	v = strtoull(s, &end, 10);
-	if (errno || *end != '\0' || v < min || v > max)
-		return -EINVAL;
-	*out = v;
-	return 0;
-}
-
-/* Digits with an optional fraction; no sign, exponent, hex, "inf" or "nan". */
-static int parse_rate(const char *s, double *out)
-{
-	char *end;
-	double v;
-
-	if (!s || *s < '0' || *s > '9' || s[strspn(s, "0123456789.")] != '\0')
-		return -EINVAL;
-	errno = 0;
-	v = strtod(s, &end);
-	if (errno || *end != '\0' || !(v >= 0.0 && v <= RATE_MAX))
-		return -EINVAL;
-	*out = v;
-	return 0;
-}
-
 static int hex_digit(char c)
 {
 	if (c >= '0' && c <= '9')
@@ -1061,20 +1026,20 @@ static int set_option(struct options *o, int c, const char *val)
 	case OPT_SRC_IP:
 		return set_ipv4("--src-ip", val, &o->src_ip);
 	case OPT_PORT:
-		if (parse_u64(val, 1, 65535, &v))
+		if (args_uint(val, 1, 65535, &v))
 			return arg_error("--port", "must be an integer 1..65535");
 		o->port = (uint16_t)v;
 		return 0;
 	case OPT_COUNT:
-		if (parse_u64(val, 0, COUNT_MAX, &o->count))
+		if (args_uint(val, 0, COUNT_MAX, &o->count))
 			return arg_error("--count", "must be an integer 0..1000000000000");
 		return 0;
 	case OPT_RATE:
-		if (parse_rate(val, &o->rate))
+		if (args_decimal(val, 0.0, RATE_MAX, &o->rate))
 			return arg_error("--rate", "must be a number 0..10000000 (0 = as fast as possible)");
 		return 0;
 	case OPT_SEED:
-		if (parse_u64(val, 0, UINT64_MAX, &o->seed))
+		if (args_uint(val, 0, UINT64_MAX, &o->seed))
 			return arg_error("--seed", "must be an integer 0..18446744073709551615");
 		o->seed_given = 1;
 		return 0;
@@ -1084,26 +1049,6 @@ static int set_option(struct options *o, int c, const char *val)
 	default:
 		return arg_error("?", "internal error: unhandled option");
 	}
-}
-
-/* The option as the user wrote it, for "unknown option" and "missing value" messages. */
-static const char *bad_option_name(char **argv, char *buf, size_t len)
-{
-	const struct option *lo;
-	const char *a = argv[optind - 1];
-
-	for (lo = long_opts; lo->name; lo++) {
-		if (optopt == lo->val) {
-			snprintf(buf, len, "--%s", lo->name);
-			return buf;
-		}
-	}
-	if (optopt > 0 && optopt < 256) {
-		snprintf(buf, len, "-%c", optopt);
-		return buf;
-	}
-	snprintf(buf, len, "%.*s", (int)strcspn(a, "="), a);
-	return buf;
 }
 
 /* Returns 0 (*help set for --help) or -EINVAL after printing one line about the problem. */
@@ -1122,10 +1067,10 @@ static int parse_args(int argc, char **argv, struct options *o, int *help)
 			return 0;
 		}
 		if (c == ':')
-			return arg_error(bad_option_name(argv, name, sizeof(name)), "missing value");
+			return arg_error(args_bad_option(long_opts, argv, name, sizeof(name)), "missing value");
 		/* glibc reports a value given to a flag as '?' too, but with optopt set to it */
 		if (c == '?')
-			return arg_error(bad_option_name(argv, name, sizeof(name)),
+			return arg_error(args_bad_option(long_opts, argv, name, sizeof(name)),
 					 optopt >= OPT_IFACE ? "takes no value" :
 							       "unknown or ambiguous option");
 		err = set_option(o, c, optarg);

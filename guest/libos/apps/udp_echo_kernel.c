@@ -33,7 +33,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "args.h"
+
 #define PROG "udp_echo_kernel"
+#define arg_error(opt, what) args_error(PROG, (opt), (what))
 
 #define NS_PER_SEC 1000000000ULL
 #define MAX_THREADS 64
@@ -69,43 +72,6 @@ struct worker {
 
 /* ---------- arguments ---------- */
 
-static int arg_error(const char *opt, const char *what)
-{
-	fprintf(stderr, PROG ": %s: %s\n", opt, what);
-	return -EINVAL;
-}
-
-static int parse_uint(const char *s, unsigned long min, unsigned long max, unsigned long *out)
-{
-	char *end;
-	unsigned long v;
-
-	if (!s || *s < '0' || *s > '9')
-		return -EINVAL;
-	errno = 0;
-	v = strtoul(s, &end, 10);
-	if (errno || *end != '\0' || v < min || v > max)
-		return -EINVAL;
-	*out = v;
-	return 0;
-}
-
-/* Digits with an optional fraction only (see parse_double in udp_loadgen.c). */
-static int parse_seconds(const char *s, double max, double *out)
-{
-	char *end;
-	double v;
-
-	if (!s || *s == '\0' || s[strspn(s, "0123456789.")] != '\0')
-		return -EINVAL;
-	errno = 0;
-	v = strtod(s, &end);
-	if (errno || *end != '\0' || !(v >= 0.0 && v <= max))
-		return -EINVAL;
-	*out = v;
-	return 0;
-}
-
 static void usage(FILE *f)
 {
 	fprintf(f, "usage: " PROG " [--port N] [--threads N] [--duration S] [--bind IPV4]\n"
@@ -129,21 +95,21 @@ static const struct option long_opts[] = {
 
 static int set_option(struct options *opt, int c, const char *arg)
 {
-	unsigned long u;
+	uint64_t u;
 
 	switch (c) {
 	case OPT_PORT:
-		if (parse_uint(arg, 0, 65535, &u))
+		if (args_uint(arg, 0, 65535, &u))
 			return arg_error("--port", "must be an integer from 0 to 65535");
 		opt->port = (uint16_t)u;
 		return 0;
 	case OPT_THREADS:
-		if (parse_uint(arg, 1, MAX_THREADS, &u))
+		if (args_uint(arg, 1, MAX_THREADS, &u))
 			return arg_error("--threads", "must be an integer from 1 to 64");
 		opt->threads = (unsigned int)u;
 		return 0;
 	case OPT_DURATION:
-		if (parse_seconds(arg, MAX_DURATION, &opt->duration))
+		if (args_decimal(arg, 0.0, MAX_DURATION, &opt->duration))
 			return arg_error("--duration", "must be a number of seconds from 0 to 31536000");
 		return 0;
 	case OPT_BIND:
@@ -152,26 +118,6 @@ static int set_option(struct options *opt, int c, const char *arg)
 		return 0;
 	}
 	return -EINVAL;
-}
-
-/* See udp_loadgen.c: optopt names a known long option, a short one, or 0 for an unknown. */
-static const char *bad_option_name(char **argv, char *buf, size_t len)
-{
-	const struct option *o;
-	const char *a = argv[optind - 1];
-
-	for (o = long_opts; o->name; o++) {
-		if (optopt == o->val) {
-			snprintf(buf, len, "--%s", o->name);
-			return buf;
-		}
-	}
-	if (optopt > 0 && optopt < 256) {
-		snprintf(buf, len, "-%c", optopt);
-		return buf;
-	}
-	snprintf(buf, len, "%.*s", (int)strcspn(a, "="), a);
-	return buf;
 }
 
 /* Returns 0 (*help set for --help) or -EINVAL after printing one line about the problem. */
@@ -190,9 +136,9 @@ static int parse_args(int argc, char **argv, struct options *opt, int *help)
 			return 0;
 		}
 		if (c == ':')
-			return arg_error(bad_option_name(argv, name, sizeof(name)), "missing value");
+			return arg_error(args_bad_option(long_opts, argv, name, sizeof(name)), "missing value");
 		if (c == '?')
-			return arg_error(bad_option_name(argv, name, sizeof(name)), "unknown option");
+			return arg_error(args_bad_option(long_opts, argv, name, sizeof(name)), "unknown option");
 		err = set_option(opt, c, optarg);
 		if (err)
 			return err;

@@ -40,7 +40,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "args.h"
+
 #define PROG "udp_loadgen"
+#define arg_error(opt, what) args_error(PROG, (opt), (what))
 
 #define NS_PER_SEC 1000000000ULL
 #define NS_PER_MS 1000000ULL
@@ -235,47 +238,6 @@ static uint64_t hist_percentile(const struct hist *h, unsigned int permille)
 
 /* ---------- argument parsing ---------- */
 
-static int arg_error(const char *opt, const char *what)
-{
-	fprintf(stderr, PROG ": %s: %s\n", opt, what);
-	return -EINVAL;
-}
-
-/* Digits only: strtoul alone would accept "-1", " 5" and "0x10". */
-static int parse_uint(const char *s, unsigned long min, unsigned long max, unsigned long *out)
-{
-	char *end;
-	unsigned long v;
-
-	if (!s || *s < '0' || *s > '9')
-		return -EINVAL;
-	errno = 0;
-	v = strtoul(s, &end, 10);
-	if (errno || *end != '\0' || v < min || v > max)
-		return -EINVAL;
-	*out = v;
-	return 0;
-}
-
-/*
- * Digits with an optional fraction only: strtod alone would also take a sign, leading
- * blanks, hex, exponents, "inf" and "nan". The range test rejects NaN regardless.
- */
-static int parse_double(const char *s, double min, double max, double *out)
-{
-	char *end;
-	double v;
-
-	if (!s || *s == '\0' || s[strspn(s, "0123456789.")] != '\0')
-		return -EINVAL;
-	errno = 0;
-	v = strtod(s, &end);
-	if (errno || *end != '\0' || !(v >= min && v <= max))
-		return -EINVAL;
-	*out = v;
-	return 0;
-}
-
 static void usage(FILE *f)
 {
 	fprintf(f,
@@ -315,7 +277,7 @@ static const struct option long_opts[] = {
 /* Parse one option's value into opt; prints the one-line complaint itself. */
 static int set_option(struct options *opt, int c, const char *arg)
 {
-	unsigned long u;
+	uint64_t u;
 
 	switch (c) {
 	case OPT_DST:
@@ -323,39 +285,39 @@ static int set_option(struct options *opt, int c, const char *arg)
 			return arg_error("--dst", "not an IPv4 address");
 		return 0;
 	case OPT_PORT:
-		if (parse_uint(arg, 1, 65535, &u))
+		if (args_uint(arg, 1, 65535, &u))
 			return arg_error("--port", "must be an integer from 1 to 65535");
 		opt->port = (uint16_t)u;
 		return 0;
 	case OPT_SIZE:
-		if (parse_uint(arg, MIN_SIZE, MAX_SIZE, &u))
+		if (args_uint(arg, MIN_SIZE, MAX_SIZE, &u))
 			return arg_error("--size", "must be an integer from 16 to 1472");
 		opt->size = (unsigned int)u;
 		return 0;
 	case OPT_RATE:
-		if (parse_double(arg, 0.0, MAX_RATE, &opt->rate))
+		if (args_decimal(arg, 0.0, MAX_RATE, &opt->rate))
 			return arg_error("--rate", "must be a number from 0 to 10000000");
 		return 0;
 	case OPT_WINDOW:
-		if (parse_uint(arg, 1, MAX_WINDOW, &u))
+		if (args_uint(arg, 1, MAX_WINDOW, &u))
 			return arg_error("--window", "must be an integer from 1 to 65536");
 		opt->window = (unsigned int)u;
 		return 0;
 	case OPT_DURATION:
-		if (parse_double(arg, 0.0, MAX_DURATION, &opt->duration) || opt->duration <= 0.0)
+		if (args_decimal(arg, 0.0, MAX_DURATION, &opt->duration) || opt->duration <= 0.0)
 			return arg_error("--duration", "must be a number of seconds above 0, at most 86400");
 		return 0;
 	case OPT_WARMUP:
-		if (parse_double(arg, 0.0, MAX_DURATION, &opt->warmup))
+		if (args_decimal(arg, 0.0, MAX_DURATION, &opt->warmup))
 			return arg_error("--warmup", "must be a number of seconds from 0 to 86400");
 		return 0;
 	case OPT_FLOWS:
-		if (parse_uint(arg, 1, MAX_FLOWS, &u))
+		if (args_uint(arg, 1, MAX_FLOWS, &u))
 			return arg_error("--flows", "must be an integer from 1 to 64");
 		opt->flows = (unsigned int)u;
 		return 0;
 	case OPT_TIMEOUT:
-		if (parse_uint(arg, 1, MAX_TIMEOUT_MS, &u))
+		if (args_uint(arg, 1, MAX_TIMEOUT_MS, &u))
 			return arg_error("--timeout-ms", "must be an integer from 1 to 60000");
 		opt->timeout_ms = (unsigned int)u;
 		return 0;
@@ -364,31 +326,6 @@ static int set_option(struct options *opt, int c, const char *arg)
 		return 0;
 	}
 	return -EINVAL;
-}
-
-/*
- * The name of the option getopt just complained about, for the error line: getopt
- * leaves the option's value in optopt for a known long option missing its value, the
- * character for an unknown short one, and 0 for an unknown long one (whose text is
- * then the argument just consumed).
- */
-static const char *bad_option_name(char **argv, char *buf, size_t len)
-{
-	const struct option *o;
-	const char *a = argv[optind - 1];
-
-	for (o = long_opts; o->name; o++) {
-		if (optopt == o->val) {
-			snprintf(buf, len, "--%s", o->name);
-			return buf;
-		}
-	}
-	if (optopt > 0 && optopt < 256) {
-		snprintf(buf, len, "-%c", optopt);
-		return buf;
-	}
-	snprintf(buf, len, "%.*s", (int)strcspn(a, "="), a);
-	return buf;
 }
 
 /* Returns 0 (*help set for --help) or -EINVAL after printing one line about the problem. */
@@ -407,9 +344,9 @@ static int parse_args(int argc, char **argv, struct options *opt, int *help)
 			return 0;
 		}
 		if (c == ':')
-			return arg_error(bad_option_name(argv, name, sizeof(name)), "missing value");
+			return arg_error(args_bad_option(long_opts, argv, name, sizeof(name)), "missing value");
 		if (c == '?')
-			return arg_error(bad_option_name(argv, name, sizeof(name)), "unknown option");
+			return arg_error(args_bad_option(long_opts, argv, name, sizeof(name)), "unknown option");
 		err = set_option(opt, c, optarg);
 		if (err)
 			return err;

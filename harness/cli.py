@@ -264,12 +264,16 @@ def cmd_console(args: argparse.Namespace, out: Output) -> int:
     print(f"[attached to {g.name}'s console; Ctrl-] leaves]", file=sys.stderr)
     stdin = sys.stdin.fileno()
     old = termios.tcgetattr(stdin) if os.isatty(stdin) else None
+    watch = [sock, stdin]
     try:
         if old is not None:
             tty.setraw(stdin)
         sock.sendall(b"\n")
         while True:
-            ready, _, _ = select.select([sock, stdin], [], [])
+            # once piped input is used up, show what the guest still prints, then leave
+            ready, _, _ = select.select(watch, [], [], None if stdin in watch else 1.0)
+            if not ready:
+                break
             if sock in ready:
                 data = sock.recv(4096)
                 if not data:
@@ -277,8 +281,11 @@ def cmd_console(args: argparse.Namespace, out: Output) -> int:
                 os.write(sys.stdout.fileno(), data)
             if stdin in ready:
                 data = os.read(stdin, 1024)
-                if not data or b"\x1d" in data:
+                if b"\x1d" in data:
                     break
+                if not data:
+                    watch.remove(stdin)
+                    continue
                 sock.sendall(data)
     finally:
         if old is not None:

@@ -192,8 +192,8 @@ static int setup_queue(struct vnet *v, struct virtq *vq, uint16_t idx, uint16_t 
 
 static size_t rings_bytes(unsigned int pairs, unsigned int size)
 {
-	/* desc + avail + used of one queue, with slack for alignment */
-	size_t ring = 16u * size + (6u + 2u * size) + (6u + 8u * size) + 64u;
+	/* desc + avail + used of one queue, each area page aligned (see virtq_alloc) */
+	size_t ring = 16u * size + (6u + 2u * size) + (6u + 8u * size) + 3u * 4096u;
 
 	/* rx and tx rings, the TX slots, the control queue (<= 64 entries) and its buffer */
 	return (2u * pairs) * ring + (size_t)pairs * size * TX_SLOT + 16u * 64u * 2u + 8192u;

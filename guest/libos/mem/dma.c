@@ -1,15 +1,48 @@
 /*
- * dma.c: create, map and release DMA regions. The pages are populated and
- * pinned by VFIO when mapped; the pinned size is the region size.
+ * dma.c: create, map and release DMA regions. The memory is a memfd (backed by
+ * 2 MiB huge pages when the guest has them reserved, else by normal pages),
+ * mapped at a chosen low address and pinned by VFIO when mapped; the pinned
+ * size is the region size.
  */
+#define _GNU_SOURCE
 #include "dma.h"
 
-#define _GNU_SOURCE
 #include <errno.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include "../vfio/vfio.h"
+
+#define HUGE_2M (2u << 20)
+
+/* A memfd of size bytes mapped shared at addr; huge pages first when they fit. */
+static void *map_memfd(void *addr, size_t *size)
+{
+	size_t huge = (*size + HUGE_2M - 1) & ~(size_t)(HUGE_2M - 1);
+	const int flags = MAP_SHARED | MAP_POPULATE | MAP_FIXED_NOREPLACE;
+	void *p = MAP_FAILED;
+	int fd;
+
+	fd = memfd_create("libos-dma", MFD_CLOEXEC | MFD_HUGETLB);
+	if (fd >= 0) {
+		if (ftruncate(fd, (off_t)huge) == 0)
+			p = mmap(addr, huge, PROT_READ | PROT_WRITE, flags, fd, 0);
+		close(fd);
+		if (p != MAP_FAILED) {
+			*size = huge;
+			return p;
+		}
+	}
+	/* no huge pages reserved (the usual case in small guests): normal pages */
+	fd = memfd_create("libos-dma", MFD_CLOEXEC);
+	if (fd < 0)
+		return MAP_FAILED;
+	if (ftruncate(fd, (off_t)*size) == 0)
+		p = mmap(addr, *size, PROT_READ | PROT_WRITE, flags, fd, 0);
+	close(fd);
+	return p;
+}
 
 int dma_region_create(struct dma_region *r, struct vfio_dev *dev, size_t size)
 {
@@ -20,11 +53,11 @@ int dma_region_create(struct dma_region *r, struct vfio_dev *dev, size_t size)
 	size = (size + 4095) & ~(size_t)4095;
 	/* IOVA == virtual address, and the IOMMU may only translate 39 bits: place the
 	 * region at the device's next low address instead of where mmap likes */
-	p = mmap((void *)(uintptr_t)dev->next_iova, size, PROT_READ | PROT_WRITE,
-		 MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE | MAP_FIXED_NOREPLACE, -1, 0);
+	p = map_memfd((void *)(uintptr_t)dev->next_iova, &size);
 	if (p == MAP_FAILED)
 		return -errno;
-	dev->next_iova += size + (1u << 21); /* a guard gap between regions */
+	/* the next region starts 2 MiB aligned (huge pages need it), after a guard gap */
+	dev->next_iova = ((dev->next_iova + size + HUGE_2M - 1) & ~(uint64_t)(HUGE_2M - 1)) + HUGE_2M;
 	ret = vfio_dma_map(dev, p, size);
 	if (ret) {
 		munmap(p, size);

@@ -2,7 +2,9 @@
 
 Each Monitor owns one private event loop running in its own daemon thread, so it
 never touches the caller's loop (pytest's, the CLI's, or none). Every call has a
-timeout. Events are recorded as they arrive and can be waited for.
+timeout. Every event (SHUTDOWN, RESET, STOP, RESUME, GUEST_PANICKED,
+NIC_RX_FILTER_CHANGED, DEVICE_DELETED, ...) is recorded as it arrives and can be
+waited for.
 """
 
 from __future__ import annotations
@@ -24,8 +26,6 @@ from harness.errors import QMPError
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-RECORDED_EVENTS = ("SHUTDOWN", "RESET", "STOP", "RESUME", "GUEST_PANICKED",
-                   "NIC_RX_FILTER_CHANGED", "DEVICE_DELETED", "POWERDOWN")
 
 
 class Monitor:

@@ -6,6 +6,8 @@
                      indirectly, to change guests, NICs or features)
     testbed          a testbed made from ``testbed_spec``
     guest            the first guest of ``testbed``
+    shared_testbed() a context manager for module-scoped fixtures that share one
+                     testbed between tests (same log keeping, same cleanup)
 
 Console logs of failing tests are attached to the report and copied to
 ``--harness-artifacts`` (default: results/).
@@ -16,6 +18,7 @@ from __future__ import annotations
 import re
 import shutil
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -73,18 +76,39 @@ def testbed_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., Te
 
     yield make
     failed = _failed(request.node)
-    artifacts = Path(request.config.getoption("--harness-artifacts"))
     for tb in made:
         if failed:
-            dest = artifacts / re.sub(r"[^\w.-]", "_", request.node.nodeid)
-            dest.mkdir(parents=True, exist_ok=True)
-            for g in tb:
-                if g.files.console_log.exists():
-                    shutil.copy2(g.files.console_log, dest / f"{tb.name}-{g.name}-console.log")
-                    request.node.add_report_section(
-                        "call", f"console {tb.name}/{g.name}", g.console.tail(40))
-                if g.files.qemu_log.exists():
-                    shutil.copy2(g.files.qemu_log, dest / f"{tb.name}-{g.name}-qemu.log")
+            for g in save_logs(tb, request):
+                request.node.add_report_section(
+                    "call", f"console {tb.name}/{g.name}", g.console.tail(40))
+        tb.down()
+
+
+def save_logs(tb: Testbed, request: pytest.FixtureRequest) -> list[Guest]:
+    """Copy every guest's console and QEMU log to the artifacts folder of ``request``'s node."""
+    artifacts = Path(request.config.getoption("--harness-artifacts"))
+    dest = artifacts / re.sub(r"[^\w.-]", "_", request.node.nodeid)
+    dest.mkdir(parents=True, exist_ok=True)
+    saved = []
+    for g in tb:
+        if g.files.console_log.exists():
+            shutil.copy2(g.files.console_log, dest / f"{tb.name}-{g.name}-console.log")
+            saved.append(g)
+        if g.files.qemu_log.exists():
+            shutil.copy2(g.files.qemu_log, dest / f"{tb.name}-{g.name}-qemu.log")
+    return saved
+
+
+@contextmanager
+def shared_testbed(request: pytest.FixtureRequest, spec: str, name: str) -> Iterator[Testbed]:
+    """A testbed for a module- or session-scoped fixture: logs kept if any test failed."""
+    failed_before = request.session.testsfailed
+    tb = Testbed.up(config.parse(spec, default_name=name))
+    try:
+        yield tb
+    finally:
+        if request.session.testsfailed > failed_before:
+            save_logs(tb, request)
         tb.down()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -47,5 +48,5 @@ def no_leaks_after_suite(isolated_state: Path) -> Iterator[None]:
         return
     left = leftovers(isolated_state)
     if left:
-        subprocess.run(["harness", "gc", "--all"], check=False, env={**os.environ})
+        subprocess.run([sys.executable, "-m", "harness.cli", "gc", "--all"], check=False)
         pytest.fail(f"the suite leaked: {', '.join(left)}")

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from harness import config
+from harness.pytest_plugin import shared_testbed
 from harness.testbed import Testbed
 
 PAIR_SPEC = """
@@ -36,9 +36,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def pair(request: pytest.FixtureRequest) -> Iterator[Testbed]:
     """Two guests (a, b) with 4-queue data NICs on one bridge; shared by a module."""
     name = "p" + request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")[:10]
-    tb = Testbed.up(config.parse(PAIR_SPEC, default_name=name.replace("_", "")))
-    yield tb
-    tb.down()
+    with shared_testbed(request, PAIR_SPEC, name.replace("_", "")) as tb:
+        yield tb
 
 
 def ping(tb: Testbed, src: str, dst: str, count: int = 3, wait: int = 2) -> int:

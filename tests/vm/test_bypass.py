@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from harness import config
 from harness.bypass import EchoOptions, EchoServer, loadgen
+from harness.pytest_plugin import shared_testbed
 from harness.testbed import Testbed
 
 SPEC = """
@@ -32,10 +32,9 @@ WANTED = {"VERSION_1", "ACCESS_PLATFORM", "MQ", "CTRL_VQ", "RSS", "MRG_RXBUF", "
 
 
 @pytest.fixture(scope="module")
-def bed() -> Iterator[Testbed]:
-    tb = Testbed.up(config.parse(SPEC, default_name="bypass"))
-    yield tb
-    tb.down()
+def bed(request: pytest.FixtureRequest) -> Iterator[Testbed]:
+    with shared_testbed(request, SPEC, "bypass") as tb:
+        yield tb
 
 
 def test_features_and_queue_count(bed: Testbed) -> None:
@@ -142,10 +141,10 @@ def test_fuzz_from_peer_is_dropped_and_counted(bed: Testbed) -> None:
                       "--count 6000 --rate 1500 --seed 42 --json", timeout=120, check=True)
         sent = json.loads(out.stdout.strip().splitlines()[-1])
         assert echo.pid() is not None, "udp_echo died under fuzzing"
-        # still serving: the storm may leave a request or two in flight (window 2 waits
-        # out their timeout), so a short settling run precedes the one that must be clean
-        runs = [loadgen(cli, srv, duration=2.0, window=4, flows=4) for _ in range(2)]
-        assert runs[-1].received == runs[-1].sent > 0, [r.raw for r in runs]
+        # still serving every queue right away: a storm once left a tap queue stalled
+        # behind QEMU's software RSS for good (see "Nudging" in vnet.c)
+        r = loadgen(cli, srv, duration=2.0, window=4, flows=4)
+        assert r.received == r.sent > 0, (r.raw, echo.stats())
     finally:
         final = echo.stop()
     assert final["check"] == "ok"  # every buffer accounted for after the storm

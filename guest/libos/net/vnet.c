@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "../base/defs.h"
@@ -32,6 +33,19 @@
 #define MAX_FRAME 1514
 #define FEAT(bit) (1ULL << (bit))
 
+/*
+ * Nudging. QEMU's software RSS (used when its eBPF steering cannot load) receives a frame
+ * on the tap queue of RX queue i and hands it to the queue RSS picks, j. When j has no
+ * buffers, the frame waits on queue i's side and QEMU stops reading i's tap queue until
+ * the driver kicks queue i, which it has no reason to do: i has buffers and, being cut off,
+ * gets no traffic. The queue is then dead for good (a fuzz run from the peer did it). So a
+ * queue that saw nothing for NUDGE_NS (polling) or for a whole wait (armed) gets its
+ * doorbell rung; the device rechecks and flushes what it held. Idle queues pay one MMIO
+ * write per NUDGE_NS.
+ */
+#define NUDGE_NS (10 * 1000 * 1000)
+#define NUDGE_CHECK_POLLS 64 /* empty polls between clock reads */
+
 /* what this driver can use; VERSION_1 and ACCESS_PLATFORM are required */
 static const uint64_t WANTED = FEAT(VIRTIO_F_VERSION_1) | FEAT(VIRTIO_F_ACCESS_PLATFORM) |
 			       FEAT(VIRTIO_NET_F_MQ) | FEAT(VIRTIO_NET_F_CTRL_VQ) |
@@ -46,6 +60,8 @@ struct vnet_queue {
 	int rx_efd;
 	int tx_efd;
 	uint64_t rx_packets, rx_bytes, rx_errors, tx_packets, tx_bytes, tx_full, wakeups;
+	uint64_t nudges, last_rx_ns; /* see "Nudging" above */
+	unsigned int empty_polls;
 	/* why frames were refused: a buffer length out of range, a frame announced to span
 	 * more buffers than were used, a frame longer than the largest Ethernet frame */
 	uint64_t rx_err_len, rx_err_span, rx_err_big;
@@ -420,6 +436,37 @@ void vnet_close(struct vnet *v)
 
 /* --- data path -------------------------------------------------------------------- */
 
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+static void nudge(struct vnet_queue *vq, uint64_t now)
+{
+	virtq_nudge(&vq->rx);
+	vq->nudges++;
+	vq->last_rx_ns = now;
+}
+
+/*
+ * Called every NUDGE_CHECK_POLLS empty polls. last_rx_ns is when the queue was last seen
+ * quiet after an arrival or a nudge; 0 means "traffic since", so the quiet period starts
+ * now.
+ */
+static void nudge_if_quiet(struct vnet_queue *vq)
+{
+	uint64_t now = now_ns();
+
+	vq->empty_polls = 0;
+	if (!vq->last_rx_ns)
+		vq->last_rx_ns = now;
+	else if (now - vq->last_rx_ns >= NUDGE_NS)
+		nudge(vq, now);
+}
+
 int vnet_rx_burst(struct vnet *v, unsigned int q, unsigned int max, vnet_rx_fn fn, void *arg)
 {
 	struct vnet_queue *vq = &v->q[q];
@@ -481,6 +528,13 @@ int vnet_rx_burst(struct vnet *v, unsigned int q, unsigned int max, vnet_rx_fn f
 	}
 	if (rxbuf_fill(v->rb, q, &vq->rx))
 		virtq_kick(&vq->rx);
+	if (n) {
+		/* the clock is read once per NUDGE_CHECK_POLLS, so an arrival just marks the
+		 * queue busy; nudge_if_quiet() then measures from its next reading */
+		vq->empty_polls = 0;
+		vq->last_rx_ns = 0;
+	} else if (unlikely(++vq->empty_polls >= NUDGE_CHECK_POLLS))
+		nudge_if_quiet(vq);
 	return (int)n;
 }
 
@@ -556,6 +610,8 @@ int vnet_wait(struct vnet *v, unsigned int q, int timeout_ms)
 		v->q[q].wakeups++;
 		return 1;
 	}
+	if (ret == 0) /* a whole wait without an arrival: see "Nudging" */
+		nudge(&v->q[q], now_ns());
 	return ret < 0 ? -errno : 0;
 }
 
@@ -632,7 +688,8 @@ void vnet_stats_json(struct vnet *v, FILE *out)
 			"%s{\"rx_packets\": %llu, \"rx_bytes\": %llu, \"rx_errors\": %llu, "
 			"\"tx_packets\": %llu, \"tx_bytes\": %llu, \"tx_full\": %llu, "
 			"\"posted\": %llu, \"consumed\": %llu, \"drops_nobuf\": %llu, "
-			"\"wakeups\": %llu, \"notifications\": %llu, \"rx_err_len\": %llu, "
+			"\"wakeups\": %llu, \"nudges\": %llu, \"notifications\": %llu, "
+			"\"rx_err_len\": %llu, "
 			"\"rx_err_span\": %llu, \"rx_err_big\": %llu, \"last_bad_len\": %u, "
 			"\"last_bad_nbufs\": %u}",
 			i ? ", " : "", (unsigned long long)READ_ONCE(q->rx_packets),
@@ -643,6 +700,7 @@ void vnet_stats_json(struct vnet *v, FILE *out)
 			(unsigned long long)READ_ONCE(q->tx_full), (unsigned long long)qs.posted,
 			(unsigned long long)qs.consumed, (unsigned long long)qs.nobuf,
 			(unsigned long long)READ_ONCE(q->wakeups),
+			(unsigned long long)READ_ONCE(q->nudges),
 			(unsigned long long)(READ_ONCE(q->rx.notifications) +
 					     READ_ONCE(q->tx.notifications)),
 			(unsigned long long)q->rx_err_len, (unsigned long long)q->rx_err_span,

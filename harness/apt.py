@@ -88,3 +88,19 @@ def download(pkgs: list[Package], debs: Path) -> list[Path]:
 def extract(deb: Path, dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     _run(["dpkg-deb", "-x", str(deb), str(dest)], f"unpack {deb.name}")
+
+
+def kernel_headers(kver: str) -> list[Package]:
+    """The packages an out-of-tree module needs to build against kernel ``kver``.
+
+    linux-headers-KVER plus the -common and linux-kbuild packages it depends on; their
+    symlinks are relative, so the three unpack anywhere and build together.
+    """
+    name = f"linux-headers-{kver}"
+    hdr = resolve([name])[name]
+    deps = re.findall(r"(linux-headers-[^\s,(]*-common|linux-kbuild-[^\s,(]*)", hdr.depends)
+    if len(deps) != 2:
+        raise ImageError(f"{name} does not depend on a -common and a linux-kbuild package "
+                         f"as expected: {hdr.depends[:120]}")
+    found = resolve(deps)
+    return [hdr, *(found[d] for d in deps)]

@@ -77,6 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
     ic = isub.add_parser("clean", help="remove cached images")
     ic.add_argument("--stale", action="store_true", help="keep the current images")
 
+    qm = sub.add_parser("qemu", help="the project's patched QEMU (user interrupts)")
+    qsub = qm.add_subparsers(dest="qemu_cmd", required=True, parser_class=_Parser)
+    qb = qsub.add_parser("build", help="fetch Debian's QEMU source, patch, build (cached)")
+    qb.add_argument("--force", action="store_true", help="rebuild even when cached")
+    qsub.add_parser("status", help="source version, patches, cached builds")
+    qc = qsub.add_parser("clean", help="remove cached builds and the build folder")
+    qc.add_argument("--stale", action="store_true", help="keep the current build")
+
     sub.add_parser("doctor", help="what this host can do, with fixes")
     sub.add_parser("demo", help="boot two guests, show them exchanging traffic, tear down")
 
@@ -96,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     be_mem = bsub.add_parser("rx-memory", help="smallest pinned RX memory: fixed vs pool")
     be_mem.add_argument("--rate", type=int, default=1500, help="offered requests/s")
     be_mem.add_argument("--seconds", type=float, default=3.0, help="per configuration")
+
+    be_ui = bsub.add_parser("uintr", help="user interrupts vs signals vs eventfd")
+    be_ui.add_argument("--iters", type=int, default=20000, help="round trips per mechanism")
+    be_ui.add_argument("--vcpus", type=int, default=2, help="guest vCPUs (2 to 8)")
 
     stats = sub.add_parser("stats", help="counters of the bypass echo server in a guest")
     stats.add_argument("guest")
@@ -316,6 +328,37 @@ def cmd_image(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
+def cmd_qemu(args: argparse.Namespace, out: Output) -> int:
+    from harness import qemu_build
+
+    if args.qemu_cmd == "build":
+        with out.progress() as prog:
+            b = qemu_build.build(force=args.force, progress=prog)
+        out.table("qemu", "patched QEMU", ["key", "version", "patches", "build_s", "binary"],
+                  [[b.key, b.manifest.get("version"), len(b.manifest.get("patches", [])),
+                    b.manifest.get("build_s"), str(b.binary)]])
+    elif args.qemu_cmd == "status":
+        recipe = qemu_build.load_recipe()
+        version = qemu_build.source_version(recipe)
+        key = qemu_build.build_key(version, recipe) if version else None
+        builds = qemu_build.list_builds()
+        out.table("qemu", "patched QEMU", ["item", "value"], [
+            ["source", f"{recipe.source} {version or '(no deb-src entry yet)'}"],
+            ["patches", ", ".join(p.name for p in recipe.patches) or "none"],
+            ["current key", key or "-"],
+            ["current build", next((str(b.binary) for b in builds if b.key == key),
+                                   "not built: 'harness qemu build'")],
+            ["missing build deps", " ".join(qemu_build.missing_build_deps(recipe)) or "none"],
+        ])
+        out.table("builds", "cached builds", ["key", "version", "built", "build_s", "binary"],
+                  [[b.key, b.manifest.get("version"), b.manifest.get("built"),
+                    b.manifest.get("build_s"), str(b.binary)] for b in builds])
+    else:
+        removed = qemu_build.clean(keep_current=args.stale)
+        out.table("removed", "removed", ["path"], [[str(p)] for p in removed])
+    return 0
+
+
 def _image_row(img: images.Image) -> list[object]:
     size = sum(p.stat().st_size for p in img.path.iterdir() if p.is_file()) / 2**20
     return [img.flavor, img.digest, img.manifest.get("kernel"), round(size),
@@ -361,6 +404,8 @@ def cmd_gc(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_bench(args: argparse.Namespace, out: Output) -> int:
+    if args.bench_cmd == "uintr":
+        return _bench_uintr(args, out)
     if args.bench_cmd != "boot":
         return _bench_bypass(args, out)
     from harness.bench import bench_boot
@@ -375,6 +420,24 @@ def cmd_bench(args: argparse.Namespace, out: Output) -> int:
               ["metric", "median", "min", "max", "unit", "target", "meets"],
               [[m.label, round(m.summary.median, 3), round(m.summary.low, 3),
                 round(m.summary.high, 3), m.unit, m.target, m.meets] for m in metrics])
+    return 0
+
+
+def _bench_uintr(args: argparse.Namespace, out: Output) -> int:
+    from harness.bench_uintr import bench_uintr
+
+    if not 100 <= args.iters <= 10_000_000:
+        raise ConfigError("--iters: use 100 to 10000000")
+    if not 2 <= args.vcpus <= 8:
+        raise ConfigError("--vcpus: use 2 to 8 (sender and receiver on different vCPUs)")
+    with out.progress() as prog:
+        res = bench_uintr(args.iters, args.vcpus, progress=prog)
+    out.table("mechanisms", f"bench uintr ({res.iterations} round trips, {res.vcpus} vCPUs, "
+              "sender and receiver on different vCPUs)",
+              ["mechanism", "oneway_p50_ns", "oneway_p99_ns", "roundtrips_s", "error"],
+              [[m.name, m.oneway_p50_ns, m.oneway_p99_ns, m.roundtrips_s, m.error or None]
+               for m in res.mechanisms])
+    out.table("ratios", "ratios", ["ratio", "value"], [[k, v] for k, v in res.ratios.items()])
     return 0
 
 
@@ -477,7 +540,8 @@ def cmd_nic(args: argparse.Namespace, out: Output) -> int:
 
 
 COMMANDS = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "exec": cmd_exec,
-            "ssh": cmd_ssh, "console": cmd_console, "image": cmd_image, "doctor": cmd_doctor,
+            "ssh": cmd_ssh, "console": cmd_console, "image": cmd_image, "qemu": cmd_qemu,
+            "doctor": cmd_doctor,
             "demo": cmd_demo, "gc": cmd_gc, "bench": cmd_bench, "nic": cmd_nic,
             "stats": cmd_stats}
 

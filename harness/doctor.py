@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from harness import host, images, net
 from harness.errors import HarnessError
-from harness.features import feature_names
+from harness.features import NEEDS_PROJECT_QEMU, feature_names
 from harness.paths import cache_root, state_root
 
 
@@ -39,9 +39,11 @@ def run_checks() -> list[Check]:
     flags = host.cpu_flags(qemu)
     for f in feature_names():
         ok = f in flags
+        fix = ("the project's QEMU has it: see 'qemu for uintr'" if f in NEEDS_PROJECT_QEMU
+               else "see 'harness' README: CPU features")
         checks.append(Check(f"cpu feature {f}", ok, "offered by -cpu" if ok else
-                            "unknown to this QEMU",
-                            "" if ok else "see 'harness' README: CPU features"))
+                            "unknown to this QEMU", "" if ok else fix))
+    checks.append(_project_qemu())
     fw = host.firmware()
     checks.append(Check("qboot firmware", fw is not None, str(fw or "missing"),
                         "" if fw else "install qemu-system-data (boots ~2x slower without)"))
@@ -78,3 +80,18 @@ def run_checks() -> list[Check]:
                         "" if free > 5 else "free space: the full image needs ~3 GiB"))
     checks.append(Check("state dir", True, str(state_root())))
     return checks
+
+
+def _project_qemu() -> Check:
+    """The patched QEMU used for guests that ask for uintr."""
+    from harness import qemu_build
+
+    try:
+        build = qemu_build.current()
+    except HarnessError as exc:
+        return Check("qemu for uintr", False, str(exc), "harness qemu build")
+    if build is None:
+        return Check("qemu for uintr", False, "not built (guests asking for uintr cannot start)",
+                     "harness qemu build (about 10 minutes the first time)")
+    return Check("qemu for uintr", True, f"{build.binary} ({build.manifest.get('version')}, "
+                 f"{len(build.manifest.get('patches', []))} patches)")

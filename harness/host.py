@@ -12,20 +12,40 @@ import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 from harness.errors import EnvironmentProblem
+from harness.features import NEEDS_PROJECT_QEMU
 
 QBOOT = Path("/usr/share/qemu/qboot.rom")
 _EXIT_PORT = 0xF4
 _EXIT_VALUE = 0x42  # QEMU exits with (value << 1) | 1
 
 
-def qemu_binary() -> str:
+def qemu_binary(features: Iterable[str] = ()) -> str:
+    """The QEMU to run for guests wanting ``features``.
+
+    HARNESS_QEMU wins when set; a feature only the project's patched QEMU has (uintr)
+    selects its cached build (qemu_build.py), which must exist; otherwise the system's.
+    """
     env = os.environ.get("HARNESS_QEMU")
-    path = env or shutil.which("qemu-system-x86_64")
+    if env:
+        return env
+    needs = sorted(set(features) & NEEDS_PROJECT_QEMU)
+    if needs:
+        from harness import qemu_build
+
+        build = qemu_build.current()
+        if build is None:
+            raise EnvironmentProblem(
+                f"CPU feature '{needs[0]}' needs the project's QEMU, which is not built for "
+                "the current sources and patches; run 'harness qemu build' (about 10 "
+                "minutes the first time)")
+        return str(build.binary)
+    path = shutil.which("qemu-system-x86_64")
     if not path:
         raise EnvironmentProblem("qemu-system-x86_64 is not installed; install the "
                                  "qemu-system-x86 package (scripts/setup does)")

@@ -39,7 +39,9 @@ from harness.qemu_cmd import BootFiles
 FLAVORS = ("minimal", "full")
 LIBDIRS = ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu", "lib64", "usr/lib")
 RECIPE_KEYS = {"description", "kernel", "packages", "binaries", "modules", "cmdline",
-               "rootfs_packages", "rootfs_size_mb", "rootfs_modules"}
+               "rootfs_packages", "rootfs_size_mb", "rootfs_modules", "kmods"}
+# what kbuild leaves in a module's folder: never an input of an image
+KBUILD_OUTPUT = re.compile(r"(\.(o|ko|mod|mod\.c|cmd|symvers)|^modules\.order|^Module\.symvers)$")
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,7 @@ class Recipe:
     rootfs_packages: tuple[str, ...] = ()
     rootfs_size_mb: int = 0
     rootfs_modules: tuple[str, ...] = ()
+    kmods: tuple[str, ...] = ()  # the project's modules (guest/kmod/NAME), built per kernel
 
 
 @dataclass(frozen=True)
@@ -102,12 +105,14 @@ def load_recipe(flavor: str, src: Path | None = None) -> Recipe:
         rootfs_packages=tuple(raw.get("rootfs_packages", [])),
         rootfs_size_mb=int(raw.get("rootfs_size_mb", 0)),
         rootfs_modules=tuple(raw.get("rootfs_modules", [])),
+        kmods=tuple(raw.get("kmods", [])),
     )
 
 
 def _hash_tree(h: hashlib._Hash, root: Path, base: Path) -> None:
     for p in sorted(root.rglob("*")):
-        if p.is_file() and "build" not in p.relative_to(root).parts:
+        if (p.is_file() and "build" not in p.relative_to(root).parts
+                and not KBUILD_OUTPUT.search(p.name)):
             h.update(str(p.relative_to(base)).encode() + b"\0" + p.read_bytes() + b"\0")
 
 
@@ -128,7 +133,13 @@ def _versions(recipe: Recipe) -> tuple[apt.Package, list[apt.Package], dict[str,
     names = list(recipe.packages) + list(recipe.rootfs_packages)
     pkgs = apt.resolve(names) if names else {}
     versions = {kpkg.name: kpkg.version, **{p.name: p.version for p in pkgs.values()}}
+    if recipe.kmods:
+        versions.update((p.name, p.version) for p in apt.kernel_headers(_kver(kpkg)))
     return kpkg, [pkgs[n] for n in recipe.packages], versions
+
+
+def _kver(kpkg: apt.Package) -> str:
+    return kpkg.name.removeprefix("linux-image-")
 
 
 def images_dir() -> Path:
@@ -286,17 +297,53 @@ def _guest_programs(src: Path, root: Path, work: Path) -> None:
           f"DESTDIR={root}"], "building the guest programs (make -C guest)")
 
 
-def _etc(root: Path, src: Path, modules: tuple[str, ...]) -> None:
+def _etc(root: Path, src: Path, modules: tuple[str, ...], kmods: tuple[str, ...]) -> None:
     etc = root / "etc"
     (etc / "harness").mkdir(parents=True, exist_ok=True)
     shutil.copy2(src / "images/common/rc", etc / "harness/rc")
     shutil.copy2(src / "images/common/inittab", etc / "inittab")
     (etc / "harness/modules").write_text("\n".join(modules) + "\n")
+    (etc / "harness/kmods").write_text("".join(f"{m}\n" for m in kmods))
     # busybox acpid runs /etc/acpi/<event>/<code> for the power button
     button = etc / "acpi/PWRF/00000080"
     button.parent.mkdir(parents=True, exist_ok=True)
     button.write_text("#!/bin/sh\nexec busybox poweroff\n")
     button.chmod(0o755)
+
+
+def _build_kmods(recipe: Recipe, kver: str, src: Path, work: Path,
+                 progress: Progress) -> list[Path]:
+    """Build the project's modules (guest/kmod/NAME) against Debian's headers for kver."""
+    if not recipe.kmods:
+        return []
+    progress.step(f"{recipe.flavor}: building modules {', '.join(recipe.kmods)} for {kver}")
+    headers = work / "headers"
+    for deb in apt.download(apt.kernel_headers(kver), cache_root() / "debs"):
+        apt.extract(deb, headers)
+    kdir = headers / "usr/src" / f"linux-headers-{kver}"
+    built = []
+    for name in recipe.kmods:
+        folder = src / "guest/kmod" / name
+        if not (folder / "Kbuild").exists():
+            raise ImageError(f"image recipe {recipe.flavor}: kmods entry '{name}' has no "
+                             f"guest/kmod/{name}/Kbuild")
+        copy = work / "kmod" / name  # kbuild writes next to the sources: keep the tree clean
+        shutil.copytree(folder, copy, ignore=shutil.ignore_patterns("*.o", "*.ko", "*.cmd",
+                                                                    "*.mod", "*.mod.c"))
+        _run(["make", "-s", "-C", str(kdir), f"M={copy}", "modules"],
+             f"building kernel module {name} against linux-headers-{kver}")
+        built += sorted(copy.glob("*.ko"))
+    return built
+
+
+def _install_kmods(kmods: list[Path], kver: str, root: Path) -> None:
+    if not kmods:
+        return
+    extra = root / "lib/modules" / kver / "extra"
+    extra.mkdir(parents=True, exist_ok=True)
+    for ko in kmods:
+        shutil.copy2(ko, extra / ko.name)
+    kernel.depmod(root, kver)
 
 
 def _busybox_tree(stage: Path, root: Path) -> None:
@@ -332,7 +379,7 @@ def _build(recipe: Recipe, kpkg: apt.Package, pkgs: list[apt.Package],
     for deb in debs:
         apt.extract(deb, stage)
         progress.advance()
-    kver = kpkg.name.removeprefix("linux-image-")
+    kver = _kver(kpkg)
     bz = stage / "boot" / f"vmlinuz-{kver}"
     if not bz.exists():
         raise ImageError(f"{kpkg.name} has no /boot/vmlinuz-{kver}")
@@ -341,9 +388,11 @@ def _build(recipe: Recipe, kpkg: apt.Package, pkgs: list[apt.Package],
     progress.step(f"{recipe.flavor}: assembling the initramfs")
     _busybox_tree(stage, root)
     kernel.install_modules(stage, kver, list(recipe.modules), root)
+    kmods = _build_kmods(recipe, kver, src, work, progress)
+    _install_kmods(kmods, kver, root)
     _copy_with_libs(stage, recipe.binaries, root)
     if recipe.flavor == "minimal":
-        _etc(root, src, recipe.modules)
+        _etc(root, src, recipe.modules, recipe.kmods)
         (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
         (root / "etc/group").write_text("root:x:0:\n")
         (root / "etc/shadow").write_text("root:*:19000:0:99999:7:::\n")
@@ -354,14 +403,14 @@ def _build(recipe: Recipe, kpkg: apt.Package, pkgs: list[apt.Package],
         shutil.copy2(recipe.folder / "init", root / "init")
     else:
         shutil.copy2(recipe.folder / "init", root / "init")
-        _build_rootfs(recipe, stage, kver, src, out, work, progress)
+        _build_rootfs(recipe, stage, kver, src, out, work, progress, kmods)
     _write_cpio(root, out / "initrd.cpio")
     shutil.rmtree(work)
     return {"kernel": kver, "cmdline": recipe.cmdline, "description": recipe.description}
 
 
 def _build_rootfs(recipe: Recipe, stage: Path, kver: str, src: Path, out: Path, work: Path,
-                  progress: Progress) -> None:
+                  progress: Progress, kmods: list[Path]) -> None:
     """The 'full' flavor: a Debian system made by mmdebstrap, as an ext4 image."""
     mm = _tool("mmdebstrap", "mmdebstrap")
     mkfs = _tool("mkfs.ext4", "e2fsprogs")
@@ -378,7 +427,8 @@ def _build_rootfs(recipe: Recipe, stage: Path, kver: str, src: Path, out: Path, 
           suite, str(rootfs), str(sources)], "mmdebstrap")
     progress.step("full: kernel modules, guest programs, host keys")
     kernel.install_modules(stage, kver, list(recipe.rootfs_modules), rootfs)
-    _etc(rootfs, src, recipe.rootfs_modules)
+    _install_kmods(kmods, kver, rootfs)
+    _etc(rootfs, src, recipe.rootfs_modules, recipe.kmods)
     shutil.copy2(stage / "bin/busybox", rootfs / "bin/busybox")
     _guest_programs(src, rootfs, work)
     for old in (rootfs / "etc/ssh").glob("ssh_host_*"):

@@ -75,7 +75,7 @@ class Testbed:
            verify: bool = True, state_root: Path | None = None) -> Testbed:
         progress = progress or Silent()
         plan = make_plan(cfg)
-        qemu = host.qemu_binary()
+        qemu = host.qemu_binary(f for g in cfg.guests for f in g.cpu_features)
         _check_features(cfg, qemu)
         imgs = {}
         for flavor in sorted({g.config.image for g in plan.guests}):
@@ -83,7 +83,7 @@ class Testbed:
         progress.step("probing accelerators")
         accel = host.choose_accel(qemu, cfg.accel)
         st = state.create(cfg.name, state_root)
-        st.meta.update(accel=accel, netns=plan.netns, config=_config_summary(cfg))
+        st.meta.update(accel=accel, qemu=qemu, netns=plan.netns, config=_config_summary(cfg))
         st.save()
         guests: dict[str, Guest] = {}
         tb = cls(plan, st, guests, accel)

@@ -3,7 +3,7 @@
  *
  * For every feature the harness knows (harness/features.py keeps the same table)
  * it prints the CPUID bit, and for the features a library OS executes from user
- * space (FSGSBASE, RDRAND) it executes the instructions and says "ok" or why
+ * space (FSGSBASE, RDRAND, UINTR) it executes the instructions and says "ok" or why
  * not. A feature advertised in CPUID but disabled by the kernel (CR4.FSGSBASE
  * clear) raises SIGILL; the probe catches it and reports "sigill" instead of
  * dying, so the harness can name the missing piece.
@@ -91,6 +91,23 @@ static const char *try_rdrand(void)
 	return "ok";
 }
 
+/*
+ * TESTUI (F3 0F 01 ED) raises #UD unless the kernel set CR4.UINTR, which on Debian's
+ * kernel only the project's uintr module does: "ok" means the feature is usable. It
+ * reads UIF into CF and changes nothing. The bytes are spelled out so any assembler
+ * takes them.
+ */
+static const char *try_uintr(void)
+{
+	unsigned char uif = 0;
+
+	if (sigsetjmp(fault_jmp, 1))
+		return "sigill";
+	__asm__ volatile(".byte 0xf3, 0x0f, 0x01, 0xed; setc %0" : "=qm"(uif) : : "cc");
+	(void)uif;
+	return "ok";
+}
+
 int main(void)
 {
 	struct sigaction sa;
@@ -118,8 +135,9 @@ int main(void)
 		       cpuid_bit(&features[i]) ? "true" : "false");
 	/* Executing an instruction CPUID denies would be a test of the emulator's
 	 * #UD, not of the feature, so those report "absent" without running. */
-	printf("}, \"executed\": {\"fsgsbase\": \"%s\", \"rdrand\": \"%s\"}}\n",
+	printf("}, \"executed\": {\"fsgsbase\": \"%s\", \"rdrand\": \"%s\", \"uintr\": \"%s\"}}\n",
 	       cpuid_bit(&features[0]) ? try_fsgsbase() : "absent",
-	       cpuid_bit(&features[1]) ? try_rdrand() : "absent");
+	       cpuid_bit(&features[1]) ? try_rdrand() : "absent",
+	       cpuid_bit(&features[6]) ? try_uintr() : "absent");
 	return 0;
 }

@@ -24,8 +24,18 @@ def test_judge_accepts_working_features() -> None:
 
 
 def test_judge_names_missing_feature_and_hint() -> None:
-    with pytest.raises(FeatureMissing, match=r"'uintr'.*CPUID bit clear.*Sapphire Rapids"):
+    with pytest.raises(FeatureMissing, match=r"'uintr'.*CPUID bit clear.*harness qemu build"):
         features.judge(["uintr"], PROBE_OK, {"fsgsbase"}, "g")
+
+
+def test_judge_uintr_needs_no_cpuinfo_flag_but_must_execute() -> None:
+    probe = json.loads(PROBE_OK)
+    probe["cpuid"]["uintr"] = True
+    probe["executed"]["uintr"] = "ok"
+    assert features.judge(["uintr"], json.dumps(probe), set(), "g")[0].ok
+    probe["executed"]["uintr"] = "sigill"  # CPUID says yes, CR4.UINTR is off: no module
+    with pytest.raises(FeatureMissing, match=r"faulted in user space: sigill.*uintr module"):
+        features.judge(["uintr"], json.dumps(probe), set(), "g")
 
 
 def test_judge_catches_faulting_instruction() -> None:

@@ -1,0 +1,108 @@
+"""The patched-QEMU recipe (deb-src derivation, build keys, progress, selection); bench parsing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness import host, qemu_build
+from harness.errors import EnvironmentProblem, ImageError
+
+SOURCES = """\
+Types: deb
+# http://snapshot.debian.org/archive/debian/20250520T000000Z
+URIs: http://deb.debian.org/debian
+Suites: bookworm bookworm-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb deb-src
+URIs: http://example.invalid/debian
+Suites: bookworm
+Components: main
+"""
+
+
+def _recipe(tmp_path: Path, patches: dict[str, str], extra: str = "") -> qemu_build.QemuRecipe:
+    folder = tmp_path / "images" / "qemu"
+    (folder / "patches").mkdir(parents=True)
+    (folder / "recipe.toml").write_text('source = "qemu"\nconfigure = ["--x"]\n' + extra)
+    for name, text in patches.items():
+        (folder / "patches" / name).write_text(text)
+    (tmp_path / "guest").mkdir()
+    return qemu_build.load_recipe(tmp_path)
+
+
+def test_deb_src_from_the_machines_own_sources() -> None:
+    stanzas = qemu_build.deb_src_stanzas(SOURCES)
+    # the stanza that already has deb-src is left alone; comments are dropped
+    assert len(stanzas) == 1
+    assert stanzas[0].splitlines()[0] == "Types: deb-src"
+    assert "URIs: http://deb.debian.org/debian" in stanzas[0]
+    assert "Suites: bookworm bookworm-updates" in stanzas[0]
+    assert "#" not in stanzas[0]
+
+
+def test_deb_src_from_one_line_format() -> None:
+    text = "# comment\ndeb http://deb.debian.org/debian bookworm main\ndeb-src x y z\n"
+    assert qemu_build.deb_src_lines(text) == ["deb-src http://deb.debian.org/debian bookworm main"]
+
+
+def test_ninja_progress() -> None:
+    assert qemu_build.ninja_progress("[12/345] Compiling C object x.o") == (12, 345)
+    assert qemu_build.ninja_progress("ninja: Entering directory") is None
+
+
+def test_build_key_covers_version_recipe_and_every_patch(tmp_path: Path) -> None:
+    r = _recipe(tmp_path, {"0001-a.patch": "one", "0002-b.patch": "two"})
+    assert [p.name for p in r.patches] == ["0001-a.patch", "0002-b.patch"]
+    key = qemu_build.build_key("7.2+dfsg-7", r)
+    assert key == qemu_build.build_key("7.2+dfsg-7", r)
+    assert key != qemu_build.build_key("7.2+dfsg-8", r)
+    (r.folder / "patches" / "0002-b.patch").write_text("two, changed")
+    assert key != qemu_build.build_key("7.2+dfsg-7", r)
+
+
+def test_cache_folder_mirrors_the_prefix_for_firmware(tmp_path: Path) -> None:
+    r = _recipe(tmp_path, {}, extra="")
+    r = qemu_build.QemuRecipe(**{**r.__dict__, "configure": (
+        "--prefix=/usr", "--firmwarepath=/usr/share/qemu:/usr/share/seabios:/opt/fw")})
+    # /opt/fw is outside the prefix: QEMU would not look for it next to the binary
+    assert qemu_build.data_links(r) == {"share/qemu": "/usr/share/qemu",
+                                        "share/seabios": "/usr/share/seabios"}
+
+
+def test_recipe_with_unknown_key_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ImageError, match="unknown key 'targets'"):
+        _recipe(tmp_path, {}, extra='targets = ["x"]\n')
+
+
+def test_uintr_selects_the_project_qemu(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("HARNESS_QEMU", raising=False)
+    monkeypatch.setattr(qemu_build, "current", lambda: None)
+    with pytest.raises(EnvironmentProblem, match=r"'uintr' needs the project's QEMU.*"
+                                                 "harness qemu build"):
+        host.qemu_binary(["rdrand", "uintr"])
+    build = qemu_build.QemuBuild(key="k", path=tmp_path, manifest={"binary": "qemu-x"})
+    monkeypatch.setattr(qemu_build, "current", lambda: build)
+    assert host.qemu_binary(["uintr"]) == str(tmp_path / "bin" / "qemu-x")
+    assert host.qemu_binary(["rdrand"]) != str(tmp_path / "bin" / "qemu-x")
+    monkeypatch.setenv("HARNESS_QEMU", "/opt/q")
+    assert host.qemu_binary(["uintr"]) == "/opt/q"
+
+
+def test_bench_uintr_output_is_parsed() -> None:
+    from harness.bench_uintr import parse
+
+    text = ('noise\n{\n "iterations": 100, "vcpus": 2,\n'
+            ' "senduipi": {"oneway_p50_ns": 900, "oneway_p99_ns": 2000,'
+            ' "roundtrips_per_s": 5000},\n'
+            ' "signal": {"error": "setup failed"},\n'
+            ' "ratios": {"signal_over_senduipi_oneway_p50": null}\n}\n')
+    res = parse(text)
+    assert res.iterations == 100 and res.vcpus == 2
+    assert [m.name for m in res.mechanisms] == ["senduipi", "signal"]
+    assert res.mechanisms[0].roundtrips_s == 5000
+    assert res.mechanisms[1].error == "setup failed"
+    assert res.ratios == {"signal_over_senduipi_oneway_p50": None}

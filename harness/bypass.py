@@ -131,10 +131,10 @@ class EchoServer:
 
 def loadgen(client: Guest, server: Guest, *, nic: int = 0, port: int = 7, size: int = 64,
             duration: float = 3.0, rate: int = 0, window: int = 4, flows: int = 8,
-            timeout_ms: int = 1000) -> LoadResult:
+            timeout_ms: int = 1000, burst: int = 1) -> LoadResult:
     """Run udp_loadgen on ``client`` against ``server``'s data NIC address."""
     dst = server.plan.nics[nic].address.ip
-    pacing = f"--rate {rate}" if rate else f"--rate 0 --window {window}"
+    pacing = f"--rate {rate} --burst {burst}" if rate else f"--rate 0 --window {window}"
     cmd = (f"udp_loadgen --dst {dst} --port {port} --size {size} --duration {duration} "
            f"{pacing} --flows {flows} --timeout-ms {timeout_ms} --json")
     res = client.run(cmd, timeout=duration + 60, check=True)

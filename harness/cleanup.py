@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shutil
 import signal
 import time
@@ -107,9 +108,30 @@ def teardown(st: TestbedState) -> Removed:
     return out
 
 
+def taps_named(cmdline: str) -> set[str]:
+    """Harness taps a QEMU command line opens (``ifname=hbt...``)."""
+    return set(re.findall(rf"ifname=({re.escape(TAP_PREFIX)}[\w-]+)", cmdline))
+
+
+def taps_in_use() -> set[str]:
+    """Taps held by any running QEMU, whichever state folder (or user) started it."""
+    used: set[str] = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            cmd = _cmdline(int(entry.name))
+            if "qemu-system" in cmd:
+                used |= taps_named(cmd)
+    return used
+
+
 def gc(everything: bool = False) -> Removed:
     """Remove testbeds whose owner died without cleaning up (or all with ``everything``),
-    plus harness-named taps and namespaces that no live testbed claims."""
+    plus harness-named taps and namespaces that no live testbed claims.
+
+    A tap or namespace that a running QEMU still uses is never touched, even when this
+    state folder does not know it: another user, or a run with another HARNESS_STATE,
+    owns it.
+    """
     out = Removed()
     live_names: set[str] = set()
     for st in all_states():
@@ -119,11 +141,16 @@ def gc(everything: bool = False) -> Removed:
         else:
             live_names.add(st.name)
             live_names.update(str(r.name) for r in st.resources())
+    used = taps_in_use()
     for ns in net.list_netns(NETNS_PREFIX):
-        if ns not in live_names and ns.removeprefix(NETNS_PREFIX) not in live_names \
-                and net.delete_netns(ns):
+        if ns in live_names or ns.removeprefix(NETNS_PREFIX) in live_names:
+            continue
+        if set(net.list_links(TAP_PREFIX, ns)) & used:
+            log.info("keeping namespace %s: a running QEMU uses its taps", ns)
+            continue
+        if net.delete_netns(ns):
             out.namespaces.append(ns)
     for tap in net.list_links(TAP_PREFIX):
-        if tap not in live_names and net.delete_link(tap):
+        if tap not in live_names and tap not in used and net.delete_link(tap):
             out.links.append(tap)
     return out

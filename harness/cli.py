@@ -104,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     be_mem = bsub.add_parser("rx-memory", help="smallest pinned RX memory: fixed vs pool")
     be_mem.add_argument("--rate", type=int, default=1500, help="offered requests/s")
     be_mem.add_argument("--seconds", type=float, default=3.0, help="per configuration")
+    be_mem.add_argument("--burst", type=int, default=32,
+                        help="requests sent back to back, same average rate (default 32)")
+    be_mem.add_argument("--nic-fifo", type=int, default=16,
+                        help="frames the server's tap may queue (0: leave it at 1000)")
 
     be_ui = bsub.add_parser("uintr", help="user interrupts vs signals vs eventfd")
     be_ui.add_argument("--iters", type=int, default=20000, help="round trips per mechanism")
@@ -477,8 +481,14 @@ def _bench_bypass(args: argparse.Namespace, out: Output) -> int:
         else:
             if not 10 <= args.rate <= 100000:
                 raise ConfigError("--rate: use 10 to 100000 requests/s")
-            rows_m = bb.bench_rx_memory(args.rate, args.seconds, progress=prog)
-            out.table("results", f"bench rx-memory (offered {args.rate} requests/s, "
+            if not 1 <= args.burst <= 1024:
+                raise ConfigError("--burst: use 1 to 1024 requests")
+            if not 0 <= args.nic_fifo <= 10000:
+                raise ConfigError("--nic-fifo: use 0 (leave the tap alone) to 10000 frames")
+            rows_m = bb.bench_rx_memory(args.rate, args.seconds, burst=args.burst,
+                                        nic_fifo=args.nic_fifo, progress=prog)
+            out.table("results", f"bench rx-memory (offered {args.rate} requests/s in bursts "
+                      f"of {args.burst}, tap FIFO {args.nic_fifo or 1000} frames, "
                       "loss < 0.1%, 2 queue pairs)",
                       ["skew", "size", "scheme", "smallest", "pinned_kib", "loss_pct"],
                       [[r.skew, r.size, r.scheme, r.setting, r.pinned_kib,

@@ -73,13 +73,21 @@ def attach_tap(tap: str, ns: str, bridge: str) -> None:
     _ip(["ip", "-n", ns, "link", "set", tap, "up"], f"bring up {tap}")
 
 
+def set_queue_len(ns: str, dev: str, frames: int) -> None:
+    """Frames a tap keeps for a guest that is not taking them (its txqueuelen); beyond
+    that the kernel drops. The default (1000) hides how much RX memory a guest posted."""
+    _ip(["ip", "-n", ns, "link", "set", dev, "txqueuelen", str(frames)],
+        f"set the queue length of {dev}")
+
+
 def delete_link(name: str, ns: str = "") -> bool:
     argv = ["ip", *(["-n", ns] if ns else []), "link", "del", name]
     return _ip(argv, f"delete {name}", check=False).returncode == 0
 
 
-def list_links(prefix: str) -> list[str]:
-    out = _ip(["ip", "-o", "link", "show"], "list links", check=False).stdout
+def list_links(prefix: str, ns: str = "") -> list[str]:
+    argv = ["ip", *(["-n", ns] if ns else []), "-o", "link", "show"]
+    out = _ip(argv, "list links", check=False).stdout
     names = []
     for ln in out.splitlines():
         parts = ln.split(": ", 2)

@@ -258,7 +258,7 @@ def build(*, force: bool = False, progress: Progress | None = None) -> QemuBuild
         started = time.monotonic()
         work = qemu_dir() / "work"
         srcdir = _prepare_source(recipe, version, key, work, progress)
-        built = _compile(recipe, srcdir, work / "build", key, progress)
+        built = _compile(recipe, srcdir, work / "build", version, progress)
         dest = qemu_dir() / key
         tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=qemu_dir()))
         try:
@@ -306,12 +306,17 @@ def _stamp(folder: Path) -> Path:
     return folder / ".harness-key"
 
 
-def _prepare_source(recipe: QemuRecipe, version: str, key: str, work: Path,
-                    progress: Progress) -> Path:
-    """work/src: Debian's source (its own patches applied by dpkg-source) + our series."""
-    srcdir = work / "src"
-    if _stamp(srcdir).exists() and _stamp(srcdir).read_text() == key:
-        return srcdir
+def patched_files(patch_text: str) -> set[str]:
+    """Paths a unified diff changes (its ``+++ b/...`` lines), relative to the tree."""
+    return {m.split("/", 1)[1] for m in re.findall(r"^\+\+\+ (\S+)", patch_text, re.M)
+            if "/" in m}
+
+
+def _fetch_pristine(recipe: QemuRecipe, version: str, work: Path, progress: Progress) -> Path:
+    """work/pristine: Debian's source with Debian's own patches, fetched once per version."""
+    pristine = work / "pristine"
+    if _stamp(pristine).exists() and _stamp(pristine).read_text() == version:
+        return pristine
     dl = work / "download"
     dl.mkdir(parents=True, exist_ok=True)
     for old in dl.iterdir():  # unpacked trees from earlier runs; the tarballs stay cached
@@ -327,29 +332,63 @@ def _prepare_source(recipe: QemuRecipe, version: str, key: str, work: Path,
     if not (dl / f"{recipe.source}_{version}.dsc").exists():
         raise ImageError(f"apt-get source fetched another version than {version} (apt lists "
                          "changed meanwhile?); run 'harness qemu build' again")
+    if pristine.exists():
+        shutil.rmtree(pristine)
+    os.rename(unpacked[0], pristine)
+    _stamp(pristine).write_text(version)
+    return pristine
+
+
+def _prepare_source(recipe: QemuRecipe, version: str, key: str, work: Path,
+                    progress: Progress) -> Path:
+    """work/src: a copy of the pristine tree (timestamps kept) with our series applied.
+
+    Only files the old or the new series touch get a fresh timestamp, so ninja in the
+    kept build folder recompiles just what the patches changed.
+    """
+    srcdir = work / "src"
+    if _stamp(srcdir).exists() and _stamp(srcdir).read_text() == key:
+        return srcdir
+    pristine = _fetch_pristine(recipe, version, work, progress)
+    record = work / "src-patched-files"
+    touched = set(record.read_text().split()) if record.exists() else set()
     if srcdir.exists():
         shutil.rmtree(srcdir)
-    os.rename(unpacked[0], srcdir)
+    progress.step("QEMU: copying the source tree")
+    shutil.copytree(pristine, srcdir, symlinks=True)
+    _stamp(srcdir).unlink()
     progress.step(f"QEMU: applying {len(recipe.patches)} patch(es)", total=len(recipe.patches))
     for patch in recipe.patches:
+        touched |= patched_files(patch.read_text(errors="replace"))
         res = _apt(["patch", "-p1", "--batch", "--forward", "--quiet", "-i", str(patch)],
                    "apply the QEMU patches", cwd=srcdir)
         if res.returncode != 0:
             raise ImageError(f"patch {patch.name} does not apply to {recipe.source} "
                              f"{version}: {_last_line(res)}")
         progress.advance()
+    now = time.time()
+    for rel in sorted(touched):  # files reverted to pristine must look changed too
+        if (srcdir / rel).exists():
+            os.utime(srcdir / rel, (now, now))
+    record.write_text("\n".join(sorted(p for rec in recipe.patches
+                                        for p in patched_files(rec.read_text(errors="replace"))))
+                      + "\n")
     _stamp(srcdir).write_text(key)
     return srcdir
 
 
-def _compile(recipe: QemuRecipe, srcdir: Path, builddir: Path, key: str,
+def _compile(recipe: QemuRecipe, srcdir: Path, builddir: Path, version: str,
              progress: Progress) -> Path:
     env = dict(os.environ)
     # Debian's meson, not a copy in the tree; ccache (found by meson) keeps its cache here
     env["PATH"] = "/usr/bin:/bin:" + env.get("PATH", "")
     env["CCACHE_DIR"] = str(cache_root() / "ccache")
     env["CCACHE_BASEDIR"] = str(qemu_dir() / "work")
-    if not (_stamp(builddir).exists() and _stamp(builddir).read_text() == key):
+    # configured once per source version and configure line; a patch change is a
+    # plain incremental ninja run (meson re-runs itself if a build file changed)
+    config_key = hashlib.sha256("\n".join([version, str(srcdir), *recipe.configure])
+                                .encode()).hexdigest()[:16]
+    if not (_stamp(builddir).exists() and _stamp(builddir).read_text() == config_key):
         if builddir.exists():
             shutil.rmtree(builddir)
         builddir.mkdir(parents=True)
@@ -360,7 +399,7 @@ def _compile(recipe: QemuRecipe, srcdir: Path, builddir: Path, key: str,
             (builddir / "configure.log").write_text(res.stdout + res.stderr)
             raise ImageError(f"QEMU configure failed: {_last_line(res)} "
                              f"(full output: {builddir / 'configure.log'})")
-        _stamp(builddir).write_text(key)
+        _stamp(builddir).write_text(config_key)
     progress.step(f"QEMU: compiling {recipe.binary}")
     log_path = builddir / "ninja.log.txt"
     with open(log_path, "w") as log, subprocess.Popen(

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.cleanup import processes_matching
+from harness.cleanup import processes_matching, taps_in_use
 from harness.net import list_links, list_netns
 from harness.plan import NETNS_PREFIX, TAP_PREFIX
 
@@ -33,9 +33,13 @@ def isolated_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 def leftovers(state: Path) -> list[str]:
+    """What this session left: its QEMU processes, and harness namespaces and taps that no
+    running QEMU uses (those of another user's or state folder's testbeds are theirs)."""
     left = [f"qemu pid {p}" for p in processes_matching(str(state))]
-    left += [f"netns {n}" for n in list_netns(NETNS_PREFIX) if not n.startswith("hb-probe")]
-    left += [f"tap {t}" for t in list_links(TAP_PREFIX)]
+    used = taps_in_use()
+    left += [f"netns {n}" for n in list_netns(NETNS_PREFIX)
+             if not n.startswith("hb-probe") and not set(list_links(TAP_PREFIX, n)) & used]
+    left += [f"tap {t}" for t in list_links(TAP_PREFIX) if t not in used]
     left += [f"state {d.name}" for d in state.iterdir()] if state.exists() else []
     return left
 

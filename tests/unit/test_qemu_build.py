@@ -49,6 +49,14 @@ def test_deb_src_from_one_line_format() -> None:
     assert qemu_build.deb_src_lines(text) == ["deb-src http://deb.debian.org/debian bookworm main"]
 
 
+def test_patched_files_are_read_from_the_diff() -> None:
+    diff = ("From x\nSubject: [PATCH] y\n---\n"
+            "--- a/target/i386/cpu.h\n+++ b/target/i386/cpu.h\n@@ -1 +1 @@\n-a\n+b\n"
+            "--- /dev/null\n+++ b/target/i386/tcg/uintr_helper.c\n@@ -0,0 +1 @@\n+c\n")
+    assert qemu_build.patched_files(diff) == {"target/i386/cpu.h",
+                                              "target/i386/tcg/uintr_helper.c"}
+
+
 def test_ninja_progress() -> None:
     assert qemu_build.ninja_progress("[12/345] Compiling C object x.o") == (12, 345)
     assert qemu_build.ninja_progress("ninja: Entering directory") is None

@@ -73,6 +73,30 @@ def test_gc_keeps_owned_and_detached(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert os.listdir(tmp_path) == []
 
 
+def test_taps_of_a_running_qemu_are_recognised() -> None:
+    cmd = ("qemu-system-x86_64 -netdev tap,id=d0,ifname=hbt0a1b2c3d4e,script=no,queues=4 "
+           "-netdev tap,id=d1,ifname=other0 -netdev user,id=m")
+    assert cleanup.taps_named(cmd) == {"hbt0a1b2c3d4e"}
+
+
+def test_gc_spares_what_a_running_qemu_uses(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    # a testbed of another state folder: its namespace and tap are unknown here
+    monkeypatch.setenv("HARNESS_STATE", str(tmp_path))
+    monkeypatch.setattr(cleanup, "taps_in_use", lambda: {"hbtbusy"})
+    deleted: list[str] = []
+    monkeypatch.setattr(cleanup.net, "list_netns", lambda prefix: ["hb-other", "hb-stale"])
+    monkeypatch.setattr(cleanup.net, "list_links",
+                        lambda prefix, ns="": {"hb-other": ["hbtbusy"], "hb-stale": ["hbtold"],
+                                               "": ["hbtbusy", "hbtloose"]}[ns])
+    monkeypatch.setattr(cleanup.net, "delete_netns", lambda ns: deleted.append(ns) or True)
+    monkeypatch.setattr(cleanup.net, "delete_link",
+                        lambda name, ns="": deleted.append(name) or True)
+    removed = cleanup.gc(everything=True)
+    assert deleted == ["hb-stale", "hbtloose"]
+    assert removed.namespaces == ["hb-stale"] and removed.links == ["hbtloose"]
+
+
 def test_console_log_ready_and_panic(tmp_path: Path) -> None:
     log = ConsoleLog(tmp_path / "c.log")
     assert log.poll() == "" and log.ready() is None

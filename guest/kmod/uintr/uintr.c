@@ -31,6 +31,7 @@
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
 #include <linux/module.h>
+#include <linux/errno.h>
 #include <linux/miscdevice.h>
 #include <linux/fs.h>
 #include <linux/file.h>
@@ -820,7 +821,13 @@ static long uintr_wait(void __user *uarg)
 		if (uintr_pending(ut))
 			break;
 		if (signal_pending(current)) {
-			ret = -EINTR;
+			/*
+			 * Without a timeout, restart transparently unless a
+			 * handler runs (e.g. an ignored SIGCHLD is not a
+			 * reason to return); a timed wait returns -EINTR
+			 * rather than restart with its full timeout.
+			 */
+			ret = args.timeout_ns ? -EINTR : -ERESTARTNOHAND;
 			break;
 		}
 		if (!timeout) {

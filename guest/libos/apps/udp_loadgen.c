@@ -69,6 +69,7 @@
 
 /* Caps on the work done per loop pass, so sending and receiving take turns. */
 #define SEND_BURST 256
+#define MAX_BURST 1024
 #define RECV_BURST 64
 /* Closed loop only: how long to wait before retrying a send the kernel refused. */
 #define RETRY_NS 100000ULL
@@ -83,6 +84,7 @@ struct options {
 	uint16_t port;
 	unsigned int size;
 	double rate; /* 0: closed loop */
+	unsigned int burst; /* open loop: requests sent back to back at each due time */
 	unsigned int window;
 	double duration;
 	double warmup;
@@ -242,11 +244,13 @@ static void usage(FILE *f)
 {
 	fprintf(f,
 		"usage: " PROG " --dst IPV4 [--port N] [--size BYTES] [--rate PPS | --window N]\n"
-		"       [--duration S] [--warmup S] [--flows N] [--timeout-ms N] [--json]\n"
+		"       [--burst N] [--duration S] [--warmup S] [--flows N] [--timeout-ms N] [--json]\n"
 		"  --dst IPV4       echo server address (required)\n"
 		"  --port N         echo server UDP port (default 7)\n"
 		"  --size BYTES     payload size, %d..%d (default 64)\n"
 		"  --rate PPS       open loop at PPS requests/s; 0 = closed loop (default 0)\n"
+		"  --burst N        open loop: send N requests back to back every N/PPS seconds,\n"
+		"                   same average rate (default 1)\n"
 		"  --window N       closed loop: requests outstanding (default 1)\n"
 		"  --duration S     measured time in seconds (default 5)\n"
 		"  --warmup S       unmeasured time before it (default 0.5)\n"
@@ -256,7 +260,7 @@ static void usage(FILE *f)
 		MIN_SIZE, MAX_SIZE, MAX_FLOWS);
 }
 
-enum { OPT_DST = 256, OPT_PORT, OPT_SIZE, OPT_RATE, OPT_WINDOW, OPT_DURATION,
+enum { OPT_DST = 256, OPT_PORT, OPT_SIZE, OPT_RATE, OPT_BURST, OPT_WINDOW, OPT_DURATION,
        OPT_WARMUP, OPT_FLOWS, OPT_TIMEOUT, OPT_JSON, OPT_HELP };
 
 static const struct option long_opts[] = {
@@ -269,6 +273,7 @@ static const struct option long_opts[] = {
 	{ "warmup", required_argument, NULL, OPT_WARMUP },
 	{ "flows", required_argument, NULL, OPT_FLOWS },
 	{ "timeout-ms", required_argument, NULL, OPT_TIMEOUT },
+	{ "burst", required_argument, NULL, OPT_BURST },
 	{ "json", no_argument, NULL, OPT_JSON },
 	{ "help", no_argument, NULL, OPT_HELP },
 	{ NULL, 0, NULL, 0 },
@@ -297,6 +302,11 @@ static int set_option(struct options *opt, int c, const char *arg)
 	case OPT_RATE:
 		if (args_decimal(arg, 0.0, MAX_RATE, &opt->rate))
 			return arg_error("--rate", "must be a number from 0 to 10000000");
+		return 0;
+	case OPT_BURST:
+		if (args_uint(arg, 1, MAX_BURST, &u))
+			return arg_error("--burst", "must be an integer from 1 to 1024");
+		opt->burst = (unsigned int)u;
 		return 0;
 	case OPT_WINDOW:
 		if (args_uint(arg, 1, MAX_WINDOW, &u))
@@ -331,11 +341,12 @@ static int set_option(struct options *opt, int c, const char *arg)
 /* Returns 0 (*help set for --help) or -EINVAL after printing one line about the problem. */
 static int parse_args(int argc, char **argv, struct options *opt, int *help)
 {
-	int c, err, have_dst = 0, window_given = 0;
+	int c, err, have_dst = 0, window_given = 0, burst_given = 0;
 	char name[64];
 
 	*help = 0;
-	*opt = (struct options){ .port = 7, .size = 64, .rate = 0.0, .window = 1, .duration = 5.0,
+	*opt = (struct options){ .port = 7, .size = 64, .rate = 0.0, .burst = 1, .window = 1,
+				 .duration = 5.0,
 				 .warmup = 0.5, .flows = 1, .timeout_ms = 200, .json = 0 };
 	opterr = 0;
 	while ((c = getopt_long(argc, argv, ":", long_opts, NULL)) != -1) {
@@ -352,6 +363,7 @@ static int parse_args(int argc, char **argv, struct options *opt, int *help)
 			return err;
 		have_dst |= c == OPT_DST;
 		window_given |= c == OPT_WINDOW;
+		burst_given |= c == OPT_BURST;
 	}
 	if (optind < argc)
 		return arg_error(argv[optind], "unexpected argument");
@@ -359,6 +371,8 @@ static int parse_args(int argc, char **argv, struct options *opt, int *help)
 		return arg_error("--dst", "required");
 	if (window_given && opt->rate > 0.0)
 		return arg_error("--window", "only for closed loop (--rate 0)");
+	if (burst_given && opt->rate <= 0.0)
+		return arg_error("--burst", "only for open loop (--rate PPS)");
 	return 0;
 }
 
@@ -417,10 +431,16 @@ static int is_measured(const struct run *r, uint64_t seq)
 	return r->measuring && seq >= r->m_lo;
 }
 
+/* Open loop: when request k is due; a burst shares the due time of its first request. */
+static uint64_t due_ns(const struct run *r, uint64_t k)
+{
+	return r->t0 + (uint64_t)((double)(k - k % r->opt->burst) * r->period_ns);
+}
+
 static int sending_done(const struct run *r, uint64_t now)
 {
 	if (r->opt->rate > 0.0)
-		return r->t0 + (uint64_t)((double)r->open_k * r->period_ns) >= r->end;
+		return due_ns(r, r->open_k) >= r->end;
 	return now >= r->end;
 }
 
@@ -639,7 +659,7 @@ static int send_open_loop(struct run *r, uint64_t now)
 	int err;
 
 	for (n = 0; n < SEND_BURST; n++) {
-		uint64_t due = r->t0 + (uint64_t)((double)r->open_k * r->period_ns);
+		uint64_t due = due_ns(r, r->open_k);
 		int measured = due >= r->warm_end;
 
 		if (due >= r->end || due > now)
@@ -795,7 +815,7 @@ static uint64_t next_wake(const struct run *r, uint64_t now)
 
 	if (!sending_done(r, now)) {
 		if (r->opt->rate > 0.0)
-			wake = r->t0 + (uint64_t)((double)r->open_k * r->period_ns);
+			wake = due_ns(r, r->open_k);
 		else if (r->owed > 0)
 			wake = r->retry_at ? r->retry_at : now;
 		else
@@ -965,7 +985,7 @@ static void print_json(const struct run *r, const struct report *rep)
 	       r->opt->rate > 0.0 ? "open" : "closed", inet_ntoa(r->opt->dst), r->opt->port,
 	       r->opt->size, r->opt->flows);
 	if (r->opt->rate > 0.0)
-		printf("\"rate\": %.3f, ", r->opt->rate);
+		printf("\"rate\": %.3f, \"burst\": %u, ", r->opt->rate, r->opt->burst);
 	else
 		printf("\"window\": %u, ", r->opt->window);
 	printf("\"sent\": %llu, \"received\": %llu, \"lost\": %llu, \"late\": %llu, \"bad\": %llu, "

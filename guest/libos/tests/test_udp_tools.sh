@@ -123,6 +123,15 @@ if [ -n "$port" ]; then
 	expect "open loop: offered_pps within 5% of 2000" "$(field "$open" offered_pps)" \
 		'v >= 1900 && v <= 2100'
 
+	# bursts of 50 back to back keep the average rate
+	run_loadgen burst --dst 127.0.0.1 --port "$port" --rate 2000 --burst 50 --duration 2 \
+		--timeout-ms 1000
+	burst=$(cat "$tmp/burst.json")
+	check_healthy "bursts" "$burst"
+	expect "bursts: burst reported as 50" "$(field "$burst" burst)" 'v == 50'
+	expect "bursts: offered_pps within 5% of 2000" "$(field "$burst" offered_pps)" \
+		'v >= 1900 && v <= 2100'
+
 	stop_server
 	expect "server: exit status 0 on SIGTERM" "$server_rc" 'v == 0'
 	srv=$(cat "$tmp/server.out")
@@ -149,6 +158,14 @@ if grep -q '^udp_loadgen: --size: ' "$tmp/args.err"; then
 	ok "bad --size: message names the option"
 else
 	not_ok "bad --size: message was '$(cat "$tmp/args.err")'"
+fi
+
+"$LOADGEN" --dst 127.0.0.1 --burst 8 >"$tmp/args.out" 2>"$tmp/args.err"
+expect "--burst without --rate: exit status 2" "$?" 'v == 2'
+if grep -q '^udp_loadgen: --burst: only for open loop' "$tmp/args.err"; then
+	ok "--burst without --rate: message names the option"
+else
+	not_ok "--burst without --rate: message was '$(cat "$tmp/args.err")'"
 fi
 
 echo "$pass passed, $fail failed"

@@ -32,7 +32,8 @@ class Mechanism:
     name: str
     oneway_p50_ns: float | None
     oneway_p99_ns: float | None
-    roundtrips_s: float | None
+    roundtrips_s: float | None  # mean over the run
+    roundtrip_p50_ns: float | None  # steadier than the mean when vCPU threads get preempted
     error: str = ""
 
 
@@ -59,7 +60,8 @@ def parse(text: str) -> UintrResult:
         if not isinstance(v, dict) or name == "ratios":
             continue
         mechs.append(Mechanism(name, v.get("oneway_p50_ns"), v.get("oneway_p99_ns"),
-                               v.get("roundtrips_per_s"), str(v.get("error", ""))))
+                               v.get("roundtrips_per_s"), v.get("roundtrip_p50_ns"),
+                               str(v.get("error", ""))))
     return UintrResult(iterations=int(raw.get("iterations", 0)), vcpus=int(raw.get("vcpus", 0)),
                        mechanisms=mechs, ratios=dict(raw.get("ratios", {})), raw=raw)
 

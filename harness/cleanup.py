@@ -113,13 +113,14 @@ def taps_named(cmdline: str) -> set[str]:
     return set(re.findall(rf"ifname=({re.escape(TAP_PREFIX)}[\w-]+)", cmdline))
 
 
-def taps_in_use() -> set[str]:
-    """Taps held by any running QEMU, whichever state folder (or user) started it."""
+def taps_in_use(ignore: str = "") -> set[str]:
+    """Taps held by any running QEMU, whichever state folder (or user) started it;
+    QEMUs whose command line contains ``ignore`` (a state folder) are left out."""
     used: set[str] = set()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             cmd = _cmdline(int(entry.name))
-            if "qemu-system" in cmd:
+            if "qemu-system" in cmd and not (ignore and ignore in cmd):
                 used |= taps_named(cmd)
     return used
 

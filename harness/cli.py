@@ -438,9 +438,10 @@ def _bench_uintr(args: argparse.Namespace, out: Output) -> int:
         res = bench_uintr(args.iters, args.vcpus, progress=prog)
     out.table("mechanisms", f"bench uintr ({res.iterations} round trips, {res.vcpus} vCPUs, "
               "sender and receiver on different vCPUs)",
-              ["mechanism", "oneway_p50_ns", "oneway_p99_ns", "roundtrips_s", "error"],
-              [[m.name, m.oneway_p50_ns, m.oneway_p99_ns, m.roundtrips_s, m.error or None]
-               for m in res.mechanisms])
+              ["mechanism", "oneway_p50_ns", "oneway_p99_ns", "roundtrip_p50_ns",
+               "roundtrips_s", "error"],
+              [[m.name, m.oneway_p50_ns, m.oneway_p99_ns, m.roundtrip_p50_ns, m.roundtrips_s,
+                m.error or None] for m in res.mechanisms])
     out.table("ratios", "ratios", ["ratio", "value"], [[k, v] for k, v in res.ratios.items()])
     return 0
 

@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from harness import apt, kernel
 from harness.cpio import CpioWriter
@@ -81,19 +82,24 @@ class Image:
         return (self.path / "host_key.pub").read_text().strip()
 
 
+def read_recipe(path: Path, allowed: set[str]) -> dict[str, Any]:
+    """A recipe file's TOML; an unreadable file or an unknown key is an ImageError."""
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ImageError(f"cannot read recipe {path}: {exc}") from exc
+    unknown = set(raw) - allowed
+    if unknown:
+        raise ImageError(f"{path}: unknown key '{sorted(unknown)[0]}'; "
+                         f"allowed: {', '.join(sorted(allowed))}")
+    return raw
+
+
 def load_recipe(flavor: str, src: Path | None = None) -> Recipe:
     if flavor not in FLAVORS:
         raise ImageError(f"unknown image flavor '{flavor}'; use one of {', '.join(FLAVORS)}")
     folder = (src or source_root()) / "images" / flavor
-    path = folder / "recipe.toml"
-    try:
-        raw = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ImageError(f"cannot read image recipe {path}: {exc}") from exc
-    unknown = set(raw) - RECIPE_KEYS
-    if unknown:
-        raise ImageError(f"{path}: unknown key '{sorted(unknown)[0]}'; "
-                         f"allowed: {', '.join(sorted(RECIPE_KEYS))}")
+    raw = read_recipe(folder / "recipe.toml", RECIPE_KEYS)
     return Recipe(
         flavor=flavor, folder=folder,
         description=raw.get("description", ""),

@@ -23,7 +23,6 @@ import shutil
 import subprocess
 import tempfile
 import time
-import tomllib
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import EnvironmentProblem, ImageError
+from harness.images import read_recipe
 from harness.paths import cache_root, source_root
 from harness.progress import Progress, Silent
 
@@ -66,15 +66,7 @@ class QemuBuild:
 
 def load_recipe(src: Path | None = None) -> QemuRecipe:
     folder = (src or source_root()) / "images" / "qemu"
-    path = folder / "recipe.toml"
-    try:
-        raw = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ImageError(f"cannot read the QEMU recipe {path}: {exc}") from exc
-    unknown = set(raw) - RECIPE_KEYS
-    if unknown:
-        raise ImageError(f"{path}: unknown key '{sorted(unknown)[0]}'; "
-                         f"allowed: {', '.join(sorted(RECIPE_KEYS))}")
+    raw = read_recipe(folder / "recipe.toml", RECIPE_KEYS)
     return QemuRecipe(folder=folder, description=raw.get("description", ""),
                       source=raw.get("source", "qemu"),
                       binary=raw.get("binary", "qemu-system-x86_64"),

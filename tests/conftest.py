@@ -33,10 +33,10 @@ def isolated_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 def leftovers(state: Path) -> list[str]:
-    """What this session left: its QEMU processes, and harness namespaces and taps that no
-    running QEMU uses (those of another user's or state folder's testbeds are theirs)."""
+    """What this session left: its QEMU processes, namespaces and taps. Those a QEMU of
+    another state folder uses (another user's testbeds) are theirs, not leftovers."""
     left = [f"qemu pid {p}" for p in processes_matching(str(state))]
-    used = taps_in_use()
+    used = taps_in_use(ignore=str(state))
     left += [f"netns {n}" for n in list_netns(NETNS_PREFIX)
              if not n.startswith("hb-probe") and not set(list_links(TAP_PREFIX, n)) & used]
     left += [f"tap {t}" for t in list_links(TAP_PREFIX) if t not in used]

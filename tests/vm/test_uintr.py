@@ -10,7 +10,9 @@ missing.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -104,6 +106,30 @@ def test_module_unload_refused_while_in_use(bed: Testbed) -> None:
     assert g.run("rmmod uintr").ok
     assert g.run("modprobe uintr").ok
     _conform(bed, "u2", "--case self")
+
+
+def test_migration_stream_carries_the_uintr_state(bed: Testbed, tmp_path: Path) -> None:
+    """The CPU state is saved with the VM: a 'cpu/uintr' subsection per busy vCPU."""
+    g = bed.guest("u2")
+    # SENDUIPI ping-pong between two threads on both vCPUs keeps the MSRs loaded
+    g.run("(uintr_bench --iters 2000000 > /dev/null 2>&1 &); sleep 1", check=True)
+    stream = tmp_path / "vm.migration"
+    try:
+        g.qmp.cmd("migrate", uri=f"exec:cat > {stream}")
+        deadline = time.monotonic() + 300
+        status = ""
+        while time.monotonic() < deadline:
+            status = g.qmp.cmd("query-migrate").get("status", "")
+            if status in ("completed", "failed", "cancelled"):
+                break
+            time.sleep(0.5)
+        assert status == "completed", status
+    finally:
+        g.qmp.cmd("cont")  # the source is paused after a migration; run it again
+        g.run("pkill uintr_bench; true")
+    data = stream.read_bytes()
+    assert data.count(b"cpu/uintr") >= 1, "no uintr subsection in the saved state"
+    assert g.run("uintr_conform --case self").ok  # and the guest goes on working
 
 
 def test_guest_without_uintr_reports_it_absent(request: pytest.FixtureRequest) -> None:

@@ -104,10 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     be_mem = bsub.add_parser("rx-memory", help="smallest pinned RX memory: fixed vs pool")
     be_mem.add_argument("--rate", type=int, default=1500, help="offered requests/s")
     be_mem.add_argument("--seconds", type=float, default=3.0, help="per configuration")
-    be_mem.add_argument("--burst", type=int, default=32,
-                        help="requests sent back to back, same average rate (default 32)")
-    be_mem.add_argument("--nic-fifo", type=int, default=16,
-                        help="frames the server's tap may queue (0: leave it at 1000)")
+    be_mem.add_argument("--burst", type=int, default=1,
+                        help="requests sent back to back, same average rate (default 1)")
+    be_mem.add_argument("--nic-fifo", type=int, default=0,
+                        help="frames the server's tap may queue (default 0: leave it at 1000)")
 
     be_ui = bsub.add_parser("uintr", help="user interrupts vs signals vs eventfd")
     be_ui.add_argument("--iters", type=int, default=20000, help="round trips per mechanism")
@@ -489,7 +489,7 @@ def _bench_bypass(args: argparse.Namespace, out: Output) -> int:
             rows_m = bb.bench_rx_memory(args.rate, args.seconds, burst=args.burst,
                                         nic_fifo=args.nic_fifo, progress=prog)
             out.table("results", f"bench rx-memory (offered {args.rate} requests/s in bursts "
-                      f"of {args.burst}, tap FIFO {args.nic_fifo or 1000} frames, "
+                      f"of {args.burst}, tap queue {args.nic_fifo or 1000} frames, "
                       "loss < 0.1%, 2 queue pairs)",
                       ["skew", "size", "scheme", "smallest", "pinned_kib", "loss_pct"],
                       [[r.skew, r.size, r.scheme, r.setting, r.pinned_kib,

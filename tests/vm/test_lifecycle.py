@@ -96,6 +96,12 @@ def test_cli_bad_input_is_one_line(tmp_path: Path) -> None:
     assert r.returncode == 1 and "no testbed is up" in r.stderr
     r = harness("up", str(tmp_path / "missing.toml"), check=False)
     assert r.returncode == 1 and "cannot read spec file" in r.stderr
+    r = harness("bench", "uintr", "--iters", "5", check=False)
+    assert r.returncode == 1 and r.stderr.strip() == "harness: error: --iters: use 100 to 10000000"
+    r = harness("bench", "rx-memory", "--burst", "0", check=False)
+    assert r.returncode == 1 and "--burst: use 1 to 1024" in r.stderr
+    r = harness("qemu", "nosuch", check=False)
+    assert r.returncode == 2 and "invalid choice" in r.stderr and "Traceback" not in r.stderr
 
 
 def _wait_for(pred: Callable[[], bool], timeout: float) -> bool:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import ConfigError
-from harness.features import feature_names
+from harness.features import NEEDS_PROJECT_QEMU, feature_names
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,14}$")
 FLAVORS = ("minimal", "full")
@@ -48,6 +48,9 @@ class NicConfig:
     network: str
     queues: int = DEFAULT_QUEUES
     iommu: bool = False
+    # drop frames that find no RX buffer, as a NIC does, instead of holding them in the
+    # tap (the project's QEMU only: images/qemu/patches)
+    drop_when_full: bool = False
     address: ipaddress.IPv4Interface | None = None  # filled by plan when omitted
     netem: Netem = field(default_factory=Netem)
 
@@ -81,6 +84,14 @@ class TestbedConfig:
     networks: tuple[NetworkConfig, ...]
     accel: str = "auto"
     boot_timeout_s: float = 120.0
+
+    def needs_project_qemu(self) -> list[str]:
+        """What in this spec only the project's patched QEMU provides (empty: none)."""
+        wanted = {f for g in self.guests for f in g.cpu_features}
+        out = [f"CPU feature '{f}'" for f in sorted(wanted & NEEDS_PROJECT_QEMU)]
+        out += [f"guest '{g.name}' NIC {i} drop_when_full" for g in self.guests
+                for i, n in enumerate(g.nics) if n.drop_when_full]
+        return out
 
     def guest(self, name: str) -> GuestConfig:
         for g in self.guests:
@@ -160,7 +171,7 @@ def _netem(where: str, raw: Any) -> Netem:
 
 
 def _nic(where: str, raw: Any, networks: dict[str, NetworkConfig]) -> NicConfig:
-    t = _keys(where, raw, {"network", "queues", "iommu", "address", "netem"})
+    t = _keys(where, raw, {"network", "queues", "iommu", "drop_when_full", "address", "netem"})
     if "network" not in t:
         raise ConfigError(f"{where}.network: missing; name one of the [[network]] tables "
                           f"({', '.join(networks) or 'none defined'})")
@@ -171,6 +182,9 @@ def _nic(where: str, raw: Any, networks: dict[str, NetworkConfig]) -> NicConfig:
     iommu = t.get("iommu", False)
     if not isinstance(iommu, bool):
         raise ConfigError(f"{where}.iommu: expected true or false, got {iommu!r}")
+    drop = t.get("drop_when_full", False)
+    if not isinstance(drop, bool):
+        raise ConfigError(f"{where}.drop_when_full: expected true or false, got {drop!r}")
     address = None
     if "address" in t:
         try:
@@ -185,6 +199,7 @@ def _nic(where: str, raw: Any, networks: dict[str, NetworkConfig]) -> NicConfig:
         network=net,
         queues=_int(f"{where}.queues", t.get("queues", DEFAULT_QUEUES), 1, MAX_QUEUES),
         iommu=iommu,
+        drop_when_full=drop,
         address=address,
         netem=_netem(f"{where}.netem", t.get("netem", {})),
     )

@@ -12,36 +12,35 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 from harness.errors import EnvironmentProblem
-from harness.features import NEEDS_PROJECT_QEMU
 
 QBOOT = Path("/usr/share/qemu/qboot.rom")
 _EXIT_PORT = 0xF4
 _EXIT_VALUE = 0x42  # QEMU exits with (value << 1) | 1
 
 
-def qemu_binary(features: Iterable[str] = ()) -> str:
-    """The QEMU to run for guests wanting ``features``.
+def qemu_binary(needs_project: Sequence[str] = ()) -> str:
+    """The QEMU to run.
 
-    HARNESS_QEMU wins when set; a feature only the project's patched QEMU has (uintr)
-    selects its cached build (qemu_build.py), which must exist; otherwise the system's.
+    HARNESS_QEMU wins when set; when something in the spec only the project's patched
+    QEMU has (``TestbedConfig.needs_project_qemu()``: uintr, drop_when_full), its cached
+    build (qemu_build.py), which must exist; otherwise the system's.
     """
     env = os.environ.get("HARNESS_QEMU")
     if env:
         return env
-    needs = sorted(set(features) & NEEDS_PROJECT_QEMU)
-    if needs:
+    if needs_project:
         from harness import qemu_build
 
         build = qemu_build.current()
         if build is None:
             raise EnvironmentProblem(
-                f"CPU feature '{needs[0]}' needs the project's QEMU, which is not built for "
+                f"{needs_project[0]} needs the project's QEMU, which is not built for "
                 "the current sources and patches; run 'harness qemu build' (about 10 "
                 "minutes the first time)")
         return str(build.binary)

@@ -104,5 +104,7 @@ def build_argv(guest: GuestPlan, boot: BootFiles, params: LaunchParams) -> list[
                "rss=on,disable-legacy=on,romfile=")  # no option ROM: we boot by -kernel
         if n.config.iommu:
             dev += ",iommu_platform=on,ats=on"
+        if n.config.drop_when_full:
+            dev += ",x-rx-drop-when-full=on"
         argv += ["-device", dev]
     return argv

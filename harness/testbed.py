@@ -75,7 +75,7 @@ class Testbed:
            verify: bool = True, state_root: Path | None = None) -> Testbed:
         progress = progress or Silent()
         plan = make_plan(cfg)
-        qemu = host.qemu_binary(f for g in cfg.guests for f in g.cpu_features)
+        qemu = host.qemu_binary(cfg.needs_project_qemu())
         _check_features(cfg, qemu)
         imgs = {}
         for flavor in sorted({g.config.image for g in plan.guests}):

@@ -106,3 +106,14 @@ def test_cmdline_carries_key_and_addresses() -> None:
     assert base64.b64decode(args["harness.key"]).decode() == "ssh-ed25519 AAAA test"
     assert args["harness.host"] == "b"
     assert args["harness.net"].count("=") == 2 and "10.77.0.3/24" in args["harness.net"]
+
+
+def test_argv_drop_when_full_nic() -> None:
+    spec = ('[[network]]\nname = "d"\n[[guest]]\nname = "a"\n  [[guest.nic]]\n'
+            '  network = "d"\n  drop_when_full = true\n  [[guest.nic]]\n  network = "d"\n')
+    p = plan.make_plan(config.parse(spec))
+    devices = _opt(qemu_cmd.build_argv(p.guest("a"), BOOT, params()), "-device")
+    nics = [d for d in devices if "netdev=data" in d]
+    assert ["x-rx-drop-when-full=on" in d for d in nics] == [True, False]
+    with pytest.raises(ConfigError, match=r"guest\[0\].nic\[0\].drop_when_full: expected true"):
+        config.parse(spec.replace("drop_when_full = true", 'drop_when_full = "yes"'))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import host, qemu_build
+from harness import config, host, qemu_build
 from harness.errors import EnvironmentProblem, ImageError
 
 SOURCES = """\
@@ -89,15 +89,23 @@ def test_recipe_with_unknown_key_is_named(tmp_path: Path) -> None:
 def test_uintr_selects_the_project_qemu(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("HARNESS_QEMU", raising=False)
     monkeypatch.setattr(qemu_build, "current", lambda: None)
+    spec = config.parse('[[network]]\nname = "d"\n'
+                        '[[guest]]\nname = "a"\ncpu_features = ["rdrand", "uintr"]\n'
+                        '[[guest]]\nname = "b"\n  [[guest.nic]]\n  network = "d"\n'
+                        '  drop_when_full = true\n')
+    needs = spec.needs_project_qemu()
+    assert needs == ["CPU feature 'uintr'", "guest 'b' NIC 0 drop_when_full"]
     with pytest.raises(EnvironmentProblem, match=r"'uintr' needs the project's QEMU.*"
                                                  "harness qemu build"):
-        host.qemu_binary(["rdrand", "uintr"])
+        host.qemu_binary(needs)
     build = qemu_build.QemuBuild(key="k", path=tmp_path, manifest={"binary": "qemu-x"})
     monkeypatch.setattr(qemu_build, "current", lambda: build)
-    assert host.qemu_binary(["uintr"]) == str(tmp_path / "bin" / "qemu-x")
-    assert host.qemu_binary(["rdrand"]) != str(tmp_path / "bin" / "qemu-x")
+    assert host.qemu_binary(needs) == str(tmp_path / "bin" / "qemu-x")
+    plain = config.parse('[[guest]]\nname = "a"\ncpu_features = ["rdrand"]\n')
+    assert plain.needs_project_qemu() == []
+    assert host.qemu_binary(plain.needs_project_qemu()) != str(tmp_path / "bin" / "qemu-x")
     monkeypatch.setenv("HARNESS_QEMU", "/opt/q")
-    assert host.qemu_binary(["uintr"]) == "/opt/q"
+    assert host.qemu_binary(needs) == "/opt/q"
 
 
 def test_bench_uintr_output_is_parsed() -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from harness import qemu_build
 from harness.pytest_plugin import shared_testbed
 from harness.testbed import Testbed
 
@@ -24,6 +26,12 @@ name = "b"
   network = "data"
   queues = 4
 """
+
+
+@pytest.fixture(scope="session")
+def project_qemu() -> Path:
+    """The project's patched QEMU, built when missing ('make test' builds it first)."""
+    return qemu_build.build().binary
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

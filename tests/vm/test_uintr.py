@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 
-from harness import qemu_build
 from harness.bench_uintr import bench_uintr
 from harness.pytest_plugin import shared_testbed
 from harness.testbed import Testbed
@@ -51,8 +50,7 @@ REQUIRED = [
 
 
 @pytest.fixture(scope="module")
-def bed(request: pytest.FixtureRequest) -> Iterator[Testbed]:
-    qemu_build.build()  # a no-op when the current build exists
+def bed(request: pytest.FixtureRequest, project_qemu: Path) -> Iterator[Testbed]:
     with shared_testbed(request, SPEC, "uintrconf") as tb:
         yield tb
 

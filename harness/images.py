@@ -334,8 +334,8 @@ def _build_kmods(recipe: Recipe, kver: str, src: Path, work: Path,
             raise ImageError(f"image recipe {recipe.flavor}: kmods entry '{name}' has no "
                              f"guest/kmod/{name}/Kbuild")
         copy = work / "kmod" / name  # kbuild writes next to the sources: keep the tree clean
-        shutil.copytree(folder, copy, ignore=shutil.ignore_patterns("*.o", "*.ko", "*.cmd",
-                                                                    "*.mod", "*.mod.c"))
+        shutil.copytree(folder, copy, ignore=lambda _dir, names: [
+            n for n in names if KBUILD_OUTPUT.search(n)])
         _run(["make", "-s", "-C", str(kdir), f"M={copy}", "modules"],
              f"building kernel module {name} against linux-headers-{kver}")
         built += sorted(copy.glob("*.ko"))

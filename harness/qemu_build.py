@@ -111,7 +111,7 @@ def ninja_progress(line: str) -> tuple[int, int] | None:
 
 # --- apt: source version, deb-src entry, build dependencies -------------------------
 
-def _apt(argv: list[str], what: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def _cmd(argv: list[str], what: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     try:
         return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False)
     except FileNotFoundError as exc:
@@ -120,7 +120,7 @@ def _apt(argv: list[str], what: str, cwd: Path | None = None) -> subprocess.Comp
 
 def source_version(recipe: QemuRecipe) -> str | None:
     """Version of the source package apt would fetch, or None without a deb-src entry."""
-    res = _apt(["apt-get", "source", "--print-uris", "-q", recipe.source],
+    res = _cmd(["apt-get", "source", "--print-uris", "-q", recipe.source],
                "find the QEMU source package")
     m = re.search(rf"'\S+/{re.escape(recipe.source)}_([^_/']+)\.dsc'", res.stdout)
     return urllib.parse.unquote(m.group(1)) if m else None  # the URI escapes '+'
@@ -153,7 +153,7 @@ def ensure_deb_src(recipe: QemuRecipe, progress: Progress) -> str:
                                 "machine's own mirrors\n" + "\n\n".join(stanzas) + "\n")
     if lines:
         DEB_SRC_FILE.with_suffix(".list").write_text("\n".join(lines) + "\n")
-    res = _apt(["apt-get", "update", "-q"], "update apt's package lists")
+    res = _cmd(["apt-get", "update", "-q"], "update apt's package lists")
     if res.returncode != 0:
         raise EnvironmentProblem(f"apt-get update failed: {_last_line(res)}")
     version = source_version(recipe)
@@ -166,7 +166,7 @@ def ensure_deb_src(recipe: QemuRecipe, progress: Progress) -> str:
 def missing_build_deps(recipe: QemuRecipe) -> list[str]:
     missing = []
     for pkg in recipe.build_deps:
-        res = _apt(["dpkg-query", "-W", "-f", "${Status}", pkg], "check build dependencies")
+        res = _cmd(["dpkg-query", "-W", "-f", "${Status}", pkg], "check build dependencies")
         if "install ok installed" not in res.stdout:
             missing.append(pkg)
     return missing
@@ -180,7 +180,7 @@ def ensure_build_deps(recipe: QemuRecipe, progress: Progress) -> None:
         raise EnvironmentProblem(f"QEMU build dependencies missing: {' '.join(missing)}; "
                                  "install them (apt-get install) or run as root")
     progress.step(f"installing build dependencies: {' '.join(missing)}")
-    res = _apt(["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing],
+    res = _cmd(["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing],
                "install build dependencies")
     if res.returncode != 0:
         raise EnvironmentProblem(f"cannot install the QEMU build dependencies "
@@ -317,7 +317,7 @@ def _fetch_pristine(recipe: QemuRecipe, version: str, work: Path, progress: Prog
     progress.step(f"QEMU: fetching and unpacking source {recipe.source} {version}")
     # no =version pin: the URI names the version without its epoch, and apt fetches
     # the same candidate that source_version() saw (checked below)
-    res = _apt(["apt-get", "source", "-q", recipe.source], "fetch the QEMU source", cwd=dl)
+    res = _cmd(["apt-get", "source", "-q", recipe.source], "fetch the QEMU source", cwd=dl)
     unpacked = [p for p in dl.iterdir() if p.is_dir()]
     if res.returncode != 0 or len(unpacked) != 1:
         raise ImageError(f"apt-get source {recipe.source} failed: {_last_line(res)}")
@@ -343,7 +343,8 @@ def _prepare_source(recipe: QemuRecipe, version: str, key: str, work: Path,
         return srcdir
     pristine = _fetch_pristine(recipe, version, work, progress)
     record = work / "src-patched-files"
-    touched = set(record.read_text().split()) if record.exists() else set()
+    old = set(record.read_text().split()) if record.exists() else set()
+    new = {f for patch in recipe.patches for f in patched_files(patch.read_text(errors="replace"))}
     if srcdir.exists():
         shutil.rmtree(srcdir)
     progress.step("QEMU: copying the source tree")
@@ -351,20 +352,17 @@ def _prepare_source(recipe: QemuRecipe, version: str, key: str, work: Path,
     _stamp(srcdir).unlink()
     progress.step(f"QEMU: applying {len(recipe.patches)} patch(es)", total=len(recipe.patches))
     for patch in recipe.patches:
-        touched |= patched_files(patch.read_text(errors="replace"))
-        res = _apt(["patch", "-p1", "--batch", "--forward", "--quiet", "-i", str(patch)],
+        res = _cmd(["patch", "-p1", "--batch", "--forward", "--quiet", "-i", str(patch)],
                    "apply the QEMU patches", cwd=srcdir)
         if res.returncode != 0:
             raise ImageError(f"patch {patch.name} does not apply to {recipe.source} "
                              f"{version}: {_last_line(res)}")
         progress.advance()
     now = time.time()
-    for rel in sorted(touched):  # files reverted to pristine must look changed too
+    for rel in sorted(old | new):  # files reverted to pristine must look changed too
         if (srcdir / rel).exists():
             os.utime(srcdir / rel, (now, now))
-    record.write_text("\n".join(sorted(p for rec in recipe.patches
-                                        for p in patched_files(rec.read_text(errors="replace"))))
-                      + "\n")
+    record.write_text("\n".join(sorted(new)) + "\n")
     _stamp(srcdir).write_text(key)
     return srcdir
 

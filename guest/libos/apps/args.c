@@ -2,6 +2,7 @@
 #include "args.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -60,4 +61,16 @@ const char *args_bad_option(const struct option *opts, char **argv, char *buf, s
 	}
 	snprintf(buf, len, "%.*s", (int)strcspn(a, "="), a);
 	return buf;
+}
+
+int args_on_stop_signals(void (*handler)(int))
+{
+	struct sigaction sa;
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = handler;
+	sigemptyset(&sa.sa_mask);
+	if (sigaction(SIGINT, &sa, NULL) < 0 || sigaction(SIGTERM, &sa, NULL) < 0)
+		return -errno;
+	return 0;
 }

@@ -1,7 +1,8 @@
 /*
  * args.h: command-line helpers shared by the stand-alone guest programs
- * (udp_loadgen, udp_echo_kernel, frame_fuzz): strict number parsing and the
- * one-line "program: option: problem" error. No state; nothing here exits.
+ * (udp_loadgen, udp_echo_kernel, frame_fuzz): strict number parsing, the
+ * one-line "program: option: problem" error, and stop-signal set-up. No state;
+ * nothing here exits.
  */
 #ifndef LIBOS_APPS_ARGS_H
 #define LIBOS_APPS_ARGS_H
@@ -23,5 +24,10 @@ int args_decimal(const char *s, double min, double max, double *out);
  * argument it consumed names it).
  */
 const char *args_bad_option(const struct option *opts, char **argv, char *buf, size_t len);
+/*
+ * Runs handler on SIGINT and SIGTERM, without SA_RESTART so that a blocked send or
+ * sleep returns and the caller's loop sees the flag its handler set. 0 or -errno.
+ */
+int args_on_stop_signals(void (*handler)(int));
 
 #endif

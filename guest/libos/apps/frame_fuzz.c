@@ -1155,18 +1155,6 @@ static void on_stop_signal(int sig)
 	stop_requested = 1;
 }
 
-/* No SA_RESTART: a blocked send or sleep returns, and the loop sees the flag. */
-static void install_signals(void)
-{
-	struct sigaction sa;
-
-	memset(&sa, 0, sizeof(sa));
-	sa.sa_handler = on_stop_signal;
-	sigemptyset(&sa.sa_mask);
-	sigaction(SIGINT, &sa, NULL);
-	sigaction(SIGTERM, &sa, NULL);
-}
-
 /* Clock and pid mixed, then cut to 53 bits so the printed seed survives any JSON reader. */
 static uint64_t time_seed(void)
 {
@@ -1195,7 +1183,7 @@ int main(int argc, char **argv)
 	f.fd = open_socket(opt.iface, f.src_mac);
 	if (f.fd < 0)
 		return 1;
-	install_signals();
+	args_on_stop_signals(on_stop_signal);
 	fprintf(stderr,
 		PROG ": %s: %llu frames to %02x:%02x:%02x:%02x:%02x:%02x %u.%u.%u.%u:%u at %.6g frames/s, seed %llu\n",
 		opt.iface, (unsigned long long)opt.count, opt.dst_mac[0], opt.dst_mac[1],

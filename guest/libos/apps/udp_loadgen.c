@@ -1031,17 +1031,6 @@ static void on_stop_signal(int sig)
 	stop_requested = 1;
 }
 
-static int install_signals(void)
-{
-	struct sigaction sa;
-
-	memset(&sa, 0, sizeof(sa));
-	sa.sa_handler = on_stop_signal;
-	sigemptyset(&sa.sa_mask);
-	if (sigaction(SIGINT, &sa, NULL) < 0 || sigaction(SIGTERM, &sa, NULL) < 0)
-		return -errno;
-	return 0;
-}
 
 int main(int argc, char **argv)
 {
@@ -1065,7 +1054,7 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	run_reset(r, &opt);
-	err = install_signals();
+	err = args_on_stop_signals(on_stop_signal);
 	if (!err)
 		err = run_init(r, &opt);
 	if (!err)

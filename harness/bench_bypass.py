@@ -39,8 +39,10 @@ def _bed(name: str, queues: int = 4, full: bool = False, drop: bool = False) -> 
     text = SPEC.format(name=name, queues=queues)
     if full:  # the Debian image, which carries dpdk-testpmd
         text = text.replace('name = "srv"', 'name = "srv"\nimage = "full"\nmemory = "1G"')
-    if drop:  # the server NIC drops what finds no buffer, as hardware does
-        text = text.replace("  iommu = true", "  iommu = true\n  drop_when_full = true")
+    if drop:  # the server NIC drops what finds no buffer, as hardware does, and has the
+        # largest RX rings virtio-net offers, so neither scheme is capped by the ring
+        text = text.replace("  iommu = true", "  iommu = true\n  drop_when_full = true\n"
+                            f"  rx_ring_size = {config.RX_RING_SIZES[-1]}")
     return Testbed.up(config.parse(text))
 
 
@@ -175,30 +177,41 @@ class MemRow:
     loss_pct: float
 
 
-BASELINE_RINGS = (16, 32, 64, 128, 256)
-POOL_BUFFERS = (1, 2, 4, 8, 16, 32)
+BASELINE_RINGS = (16, 32, 64, 128, 256, 512, 1024)  # 2 KiB buffers per queue
+# The pool is searched in 4 KiB buffers (64 strides of 256 B would be 16 KiB): every queue
+# holds strides of up to two buffers (see "Shares" in guest/libos/mem/rxbuf.c), so small
+# buffers lower the floor an idle queue costs. udp_echo wants 2 buffers per queue at least.
+POOL_BUFFER_SIZE = 4096
+WARMUP_S = 1.0
+POOL_BUFFERS = (4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 
 
 def _try(srv: Guest, cli: Guest, opts: EchoOptions, rate: int, size: int, flows: int,
          seconds: float, burst: int) -> tuple[float, float]:
     """(pinned KiB, loss %) of one configuration at the offered rate."""
     with EchoServer(srv, opts=opts) as echo:
+        # the measured window follows a warm-up at the same load: the pool's shares
+        # learn their queues' bursts, and the question is what a running server needs
         r = loadgen(cli, srv, duration=seconds, rate=rate, size=size, flows=flows,
-                    burst=burst)
+                    burst=burst, warmup=WARMUP_S)
         pinned = echo.stats()["device"]["pool"]["pinned_bytes"] / 1024
     return pinned, 100 * r.loss_ratio
 
 
 def bench_rx_memory(rate: int = 1500, seconds: float = 3.0, queues: int = 2,
-                    max_loss_pct: float = 0.1, burst: int = 1, nic_fifo: int = 0,
+                    max_loss_pct: float = 0.1, burst: int = 32, nic_fifo: int = 0,
                     progress: Progress | None = None) -> list[MemRow]:
     """Smallest pinned RX memory with loss below the bound, per traffic shape and scheme.
 
     A real NIC drops what arrives when its ring has no buffer; stock virtio-net instead
     stops reading the tap, which queues up to 1000 frames for the guest and hides the RX
     memory. The server NIC is therefore made with ``drop_when_full`` (a patch of the
-    project's QEMU), so a frame that finds no posted buffer is lost. ``burst`` sends the
-    load in bursts at the same average rate; ``nic_fifo`` also cuts the tap's queue.
+    project's QEMU), so a frame that finds no posted buffer is lost. The load comes in
+    bursts of ``burst`` requests at the same average rate: what a queue must absorb is a
+    burst, and per-queue provisioning pays for the largest on every queue. ``nic_fifo``
+    also cuts the tap's queue.
+    Each run measures after a warm-up at the same load, and a setting counts once two
+    runs in a row stay below the bound.
     """
     progress = progress or Silent()
     rows = []
@@ -209,19 +222,30 @@ def bench_rx_memory(rate: int = 1500, seconds: float = 3.0, queues: int = 2,
             net.set_queue_len(tb.netns, srv.plan.nics[0].tap, nic_fifo)
         for skew, flows in (("uniform", 32), ("skewed", 1)):
             for size in (64, 1400):
-                for scheme, values in (("fixed", BASELINE_RINGS), ("pool", POOL_BUFFERS)):
+                pool_values = tuple(v for v in POOL_BUFFERS if v >= 2 * queues)
+                for scheme, values in (("fixed", BASELINE_RINGS), ("pool", pool_values)):
                     found: tuple[str, float, float] | None = None
                     last_loss = 100.0
                     for value in values:
                         progress.step(f"rx-memory: {skew} {size} B {scheme} {value}")
                         opts = (EchoOptions(queues=queues, scheme="fixed", ring=value)
                                 if scheme == "fixed" else
-                                EchoOptions(queues=queues, scheme="pool", pool_buffers=value))
+                                EchoOptions(queues=queues, scheme="pool", pool_buffers=value,
+                                            buffer_size=POOL_BUFFER_SIZE))
                         pinned, loss = _try(srv, cli, opts, rate, size, flows, seconds,
                                             burst)
+                        if loss < max_loss_pct:
+                            # under TCG one run can be lucky: a setting counts when a
+                            # second run confirms it
+                            progress.step(f"rx-memory: {skew} {size} B {scheme} {value}, "
+                                          "confirming")
+                            pinned, again = _try(srv, cli, opts, rate, size, flows, seconds,
+                                                 burst)
+                            loss = max(loss, again)
                         last_loss = loss
                         if loss < max_loss_pct:
-                            label = f"ring {value}" if scheme == "fixed" else f"{value} x 16 KiB"
+                            label = (f"ring {value}" if scheme == "fixed" else
+                                     f"{value} x {POOL_BUFFER_SIZE // 1024} KiB")
                             found = (label, pinned, loss)
                             break
                     if found:

@@ -90,6 +90,7 @@ class EchoServer:
             time.sleep(0.1)
         log = g.run(f"cat {LOG}").stdout.strip()
         self.running = False
+        g.bind_nic(self.nic, "virtio-pci")  # the kernel driver gets its NIC back
         raise GuestError(f"{g.name}: udp_echo did not start: {log[-300:]}", guest=g.name)
 
     def stats(self) -> dict[str, Any]:
@@ -131,13 +132,13 @@ class EchoServer:
 
 def loadgen(client: Guest, server: Guest, *, nic: int = 0, port: int = 7, size: int = 64,
             duration: float = 3.0, rate: int = 0, window: int = 4, flows: int = 8,
-            timeout_ms: int = 1000, burst: int = 1) -> LoadResult:
+            timeout_ms: int = 1000, burst: int = 1, warmup: float = 0.5) -> LoadResult:
     """Run udp_loadgen on ``client`` against ``server``'s data NIC address."""
     dst = server.plan.nics[nic].address.ip
     pacing = f"--rate {rate} --burst {burst}" if rate else f"--rate 0 --window {window}"
     cmd = (f"udp_loadgen --dst {dst} --port {port} --size {size} --duration {duration} "
-           f"{pacing} --flows {flows} --timeout-ms {timeout_ms} --json")
-    res = client.run(cmd, timeout=duration + 60, check=True)
+           f"--warmup {warmup} {pacing} --flows {flows} --timeout-ms {timeout_ms} --json")
+    res = client.run(cmd, timeout=warmup + duration + 60, check=True)
     try:
         raw = json.loads(res.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError) as exc:

@@ -104,8 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     be_mem = bsub.add_parser("rx-memory", help="smallest pinned RX memory: fixed vs pool")
     be_mem.add_argument("--rate", type=int, default=1500, help="offered requests/s")
     be_mem.add_argument("--seconds", type=float, default=3.0, help="per configuration")
-    be_mem.add_argument("--burst", type=int, default=1,
-                        help="requests sent back to back, same average rate (default 1)")
+    be_mem.add_argument("--burst", type=int, default=32,
+                        help="requests sent back to back, same average rate (default 32)")
     be_mem.add_argument("--nic-fifo", type=int, default=0,
                         help="frames the server's tap may queue (default 0: leave it at 1000)")
 

@@ -23,6 +23,8 @@ ACCELS = ("auto", "tcg", "kvm")
 MAX_QUEUES = 16
 MAX_VCPUS = 16
 DEFAULT_QUEUES = 4
+# virtio-net's RX ring: QEMU takes a power of two from 256 (its default) to 1024
+RX_RING_SIZES = (256, 512, 1024)
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ class NicConfig:
     # drop frames that find no RX buffer, as a NIC does, instead of holding them in the
     # tap (the project's QEMU only: images/qemu/patches)
     drop_when_full: bool = False
+    rx_ring_size: int = RX_RING_SIZES[0]  # descriptors per RX queue
     address: ipaddress.IPv4Interface | None = None  # filled by plan when omitted
     netem: Netem = field(default_factory=Netem)
 
@@ -171,7 +174,8 @@ def _netem(where: str, raw: Any) -> Netem:
 
 
 def _nic(where: str, raw: Any, networks: dict[str, NetworkConfig]) -> NicConfig:
-    t = _keys(where, raw, {"network", "queues", "iommu", "drop_when_full", "address", "netem"})
+    t = _keys(where, raw, {"network", "queues", "iommu", "drop_when_full", "rx_ring_size",
+                                "address", "netem"})
     if "network" not in t:
         raise ConfigError(f"{where}.network: missing; name one of the [[network]] tables "
                           f"({', '.join(networks) or 'none defined'})")
@@ -185,6 +189,10 @@ def _nic(where: str, raw: Any, networks: dict[str, NetworkConfig]) -> NicConfig:
     drop = t.get("drop_when_full", False)
     if not isinstance(drop, bool):
         raise ConfigError(f"{where}.drop_when_full: expected true or false, got {drop!r}")
+    ring = t.get("rx_ring_size", RX_RING_SIZES[0])
+    if isinstance(ring, bool) or ring not in RX_RING_SIZES:
+        raise ConfigError(f"{where}.rx_ring_size: expected one of "
+                          f"{', '.join(map(str, RX_RING_SIZES))}, got {ring!r}")
     address = None
     if "address" in t:
         try:
@@ -200,6 +208,7 @@ def _nic(where: str, raw: Any, networks: dict[str, NetworkConfig]) -> NicConfig:
         queues=_int(f"{where}.queues", t.get("queues", DEFAULT_QUEUES), 1, MAX_QUEUES),
         iommu=iommu,
         drop_when_full=drop,
+        rx_ring_size=ring,
         address=address,
         netem=_netem(f"{where}.netem", t.get("netem", {})),
     )

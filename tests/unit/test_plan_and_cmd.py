@@ -94,7 +94,9 @@ def test_argv_iommu_guest() -> None:
     nic1 = next(d for d in devices if "netdev=data1" in d)
     assert "iommu_platform=on" in nic0 and "vectors=6" in nic0
     assert "mq=off" in nic1 and "vectors=4" in nic1
-    assert "intel_iommu=on" in _opt(argv, "-append")[0]
+    assert {"intel_iommu=on", "hugepages=8"} <= set(_opt(argv, "-append")[0].split())
+    plain = qemu_cmd.build_argv(p.guest("a"), BOOT, params())
+    assert "hugepages" not in _opt(plain, "-append")[0]
 
 
 def test_cmdline_carries_key_and_addresses() -> None:
@@ -108,12 +110,30 @@ def test_cmdline_carries_key_and_addresses() -> None:
     assert args["harness.net"].count("=") == 2 and "10.77.0.3/24" in args["harness.net"]
 
 
-def test_argv_drop_when_full_nic() -> None:
-    spec = ('[[network]]\nname = "d"\n[[guest]]\nname = "a"\n  [[guest.nic]]\n'
-            '  network = "d"\n  drop_when_full = true\n  [[guest.nic]]\n  network = "d"\n')
+def _two_nics(option: str) -> str:
+    """A guest with two NICs on one network, the first with an extra option line."""
+    return ('[[network]]\nname = "d"\n[[guest]]\nname = "a"\n  [[guest.nic]]\n'
+            f'  network = "d"\n  {option}\n  [[guest.nic]]\n  network = "d"\n')
+
+
+def _nic_devices(spec: str) -> list[str]:
     p = plan.make_plan(config.parse(spec))
     devices = _opt(qemu_cmd.build_argv(p.guest("a"), BOOT, params()), "-device")
-    nics = [d for d in devices if "netdev=data" in d]
+    return [d for d in devices if "netdev=data" in d]
+
+
+def test_argv_drop_when_full_nic() -> None:
+    nics = _nic_devices(_two_nics("drop_when_full = true"))
     assert ["x-rx-drop-when-full=on" in d for d in nics] == [True, False]
     with pytest.raises(ConfigError, match=r"guest\[0\].nic\[0\].drop_when_full: expected true"):
-        config.parse(spec.replace("drop_when_full = true", 'drop_when_full = "yes"'))
+        config.parse(_two_nics('drop_when_full = "yes"'))
+
+
+def test_argv_rx_ring_size() -> None:
+    nics = _nic_devices(_two_nics("rx_ring_size = 1024"))
+    assert ["rx_queue_size=1024" in d for d in nics] == [True, False]
+    assert not any("rx_queue_size" in d for d in _nic_devices(_two_nics("rx_ring_size = 256")))
+    for bad in ("300", "128", "true", '"1024"'):
+        with pytest.raises(ConfigError, match=r"guest\[0\].nic\[0\].rx_ring_size: expected one "
+                                              r"of 256, 512, 1024"):
+            config.parse(_two_nics(f"rx_ring_size = {bad}"))

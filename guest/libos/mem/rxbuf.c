@@ -27,6 +27,9 @@
 
 enum { BUF_FREE, BUF_CARVING, BUF_POSTED };
 
+/* A full-size frame: 1514 B plus the 12 B virtio-net header. */
+#define MAX_FRAME_BYTES 1526u
+
 struct fixed_q {
 	uint8_t **stack; /* buffers not posted */
 	unsigned int top;
@@ -36,6 +39,7 @@ struct pool_q {
 	int cur;            /* buffer being cut into strides, -1 when none */
 	unsigned int next;  /* next stride of cur */
 	unsigned int want;  /* strides this queue keeps posted; grows with its traffic */
+	unsigned int level; /* strides in its ring right after its last fill */
 	uint32_t *posted;   /* [buffer] strides this queue posted, ever */
 	uint32_t *released; /* [buffer] strides this queue released, ever */
 };
@@ -65,6 +69,7 @@ struct rxbuf {
 	bool stopping;
 	uint64_t recycled, refill_runs;
 	uint64_t gap_threshold; /* strides */
+	unsigned int frame_strides; /* strides a full-size frame spans */
 };
 
 static uint8_t *buf_addr(const struct rxbuf *rb, unsigned int b)
@@ -125,17 +130,28 @@ static uint32_t load32(const uint32_t *p)
 	return __atomic_load_n(p, __ATOMIC_RELAXED);
 }
 
+static void pool_recycle(struct rxbuf *rb);
+
+/*
+ * Hand queue q a free buffer to cut. When the free list is empty the queue scans for
+ * fully released buffers itself before giving up: waiting for the refill thread would
+ * make a starving queue drop frames for as long as that thread waits for a CPU, which
+ * on a machine whose cores all spin on queues is a scheduler time slice. This is the
+ * slow path (once per buffer at most), never the per-packet one.
+ */
 static bool pool_take(struct rxbuf *rb, unsigned int *b)
 {
 	bool ok = false;
 
+	if (!__atomic_load_n(&rb->nfree, __ATOMIC_RELAXED))
+		pool_recycle(rb);
 	pthread_mutex_lock(&rb->lock);
 	if (rb->nfree) {
 		*b = rb->free_list[--rb->nfree];
 		__atomic_store_n(&rb->state[*b], BUF_CARVING, __ATOMIC_RELAXED);
 		ok = true;
 	} else {
-		pthread_cond_signal(&rb->wake); /* starving: recycle now */
+		pthread_cond_signal(&rb->wake); /* still starving: let the refill thread look */
 	}
 	pthread_mutex_unlock(&rb->lock);
 	return ok;
@@ -149,12 +165,32 @@ static unsigned int pool_fill(struct rxbuf *rb, unsigned int q, struct virtq *vq
 	uint64_t in_ring = s->st.posted - s->st.consumed;
 
 	/*
-	 * Strides are shared: a queue keeps only what its traffic needs posted, so
-	 * an idle queue pins half a buffer, not a ring's worth. A queue that used
-	 * three quarters of its strides since the last fill doubles its share.
+	 * Shares. Strides are shared: a queue keeps only what its traffic needs posted, so
+	 * an idle queue pins a few strides, not a ring's worth. Each queue cuts its own
+	 * buffer, so one whose share fits in a buffer holds strides of at most two: the one
+	 * it cuts and the previous one, still being filled; hence a pool of at least two
+	 * buffers per queue, and small buffers keep that floor low.
+	 * What the device used since the last fill is the burst the ring had to absorb. A
+	 * queue that used three quarters of its share grows it to a third more than that
+	 * burst, so a quarter stays in reserve. One left without room for a full-size frame
+	 * (it may have lost frames, and the burst may have been larger than what it saw)
+	 * grows by half. Small steps keep a share close to what its bursts need. Only a
+	 * queue whose last fill reached its share may grow: one held short by an empty pool
+	 * needs buffers back, not a larger claim on them.
+	 * Shares never shrink: strides posted to a virtio ring cannot be taken back short
+	 * of resetting the queue, so a share that outgrew its traffic stays pinned anyway.
 	 */
-	if (in_ring < p->want / 4 && p->want < vq->size)
-		p->want = p->want * 2 < vq->size ? p->want * 2 : vq->size;
+	if (p->level == p->want && p->level > in_ring && p->want < vq->size) {
+		uint64_t used = p->level - in_ring, want = p->want;
+
+		if (in_ring < rb->frame_strides)
+			want += (want + 1) / 2;
+		else if (4 * used >= 3 * want)
+			want = (4 * used + 2) / 3;
+		if (want > vq->size)
+			want = vq->size;
+		__atomic_store_n(&p->want, (unsigned int)want, __ATOMIC_RELAXED); /* stats read it */
+	}
 	while (vq->num_free && in_ring + n < p->want) {
 		if (p->cur < 0 || p->next == rb->strides) {
 			if (p->cur >= 0) /* fully cut: now only releases can free it */
@@ -175,6 +211,7 @@ static unsigned int pool_fill(struct rxbuf *rb, unsigned int q, struct virtq *vq
 		n++;
 	}
 	__atomic_store_n(&s->st.posted, s->st.posted + n, __ATOMIC_RELAXED);
+	p->level = (unsigned int)(in_ring + n);
 	return n;
 }
 
@@ -222,13 +259,17 @@ static void pool_recycle(struct rxbuf *rb)
 		 * strides counted in posted[] already */
 		if (!pool_idle(rb, b))
 			continue;
+		/* a starving queue and the refill thread may both find b idle: the first one
+		 * to take the lock frees it */
 		pthread_mutex_lock(&rb->lock);
-		rb->state[b] = BUF_FREE;
-		rb->free_list[rb->nfree++] = b;
-		rb->recycled++;
+		if (rb->state[b] == BUF_POSTED) {
+			rb->state[b] = BUF_FREE;
+			rb->free_list[rb->nfree++] = b;
+			rb->recycled++;
+		}
 		pthread_mutex_unlock(&rb->lock);
 	}
-	rb->refill_runs++;
+	__atomic_fetch_add(&rb->refill_runs, 1, __ATOMIC_RELAXED);
 }
 
 static uint64_t pool_consumed(const struct rxbuf *rb)
@@ -285,11 +326,15 @@ static int pool_init(struct rxbuf *rb)
 		return -ENOMEM;
 	for (b = 0; b < rb->cfg.pool_buffers; b++)
 		rb->free_list[rb->nfree++] = rb->cfg.pool_buffers - 1 - b;
+	rb->frame_strides = (MAX_FRAME_BYTES + rb->cfg.stride - 1) / rb->cfg.stride;
 	for (q = 0; q < rb->cfg.queues; q++) {
 		struct pool_q *p = &rb->q[q].pool;
 
 		p->cur = -1;
-		p->want = rb->strides / 2;
+		/* a whole buffer at first: a queue holds strides of up to two anyway (see
+		 * "Shares" in pool_fill), and a larger first share loses less to the first
+		 * bursts; at least one full-size frame when strides are large */
+		p->want = rb->strides > rb->frame_strides ? rb->strides : rb->frame_strides;
 		p->posted = calloc(rb->cfg.pool_buffers, sizeof(uint32_t));
 		p->released = calloc(rb->cfg.pool_buffers, sizeof(uint32_t));
 		if (!p->posted || !p->released)
@@ -317,7 +362,7 @@ int rxbuf_create(struct rxbuf **out, const struct rxbuf_cfg *cfg, struct vfio_de
 	if (!cfg->queues || !cfg->buf_size)
 		return -EINVAL;
 	if (cfg->kind == RXBUF_POOL &&
-	    (!cfg->stride || cfg->buf_size % cfg->stride || !cfg->pool_buffers ||
+	    (!cfg->stride || cfg->buf_size % cfg->stride || cfg->pool_buffers < 2 * cfg->queues ||
 	     cfg->stride < 64))
 		return -EINVAL;
 	if (cfg->kind == RXBUF_FIXED && !cfg->ring_size)
@@ -340,7 +385,8 @@ int rxbuf_create(struct rxbuf **out, const struct rxbuf_cfg *cfg, struct vfio_de
 		rb->strides = cfg->buf_size / cfg->stride;
 		bytes = (size_t)cfg->pool_buffers * cfg->buf_size;
 	}
-	ret = dma_region_create(&rb->mem, dev, bytes);
+	/* normal pages: no buffer or stride crosses one, and pinned_bytes stays exact */
+	ret = dma_region_create(&rb->mem, dev, bytes, false);
 	if (ret)
 		goto fail;
 	ret = cfg->kind == RXBUF_FIXED ? fixed_init(rb) : pool_init(rb);
@@ -413,6 +459,9 @@ void rxbuf_qstats(const struct rxbuf *rb, unsigned int q, struct rxbuf_qstats *s
 	st->posted = load64(&rb->q[q].st.posted);
 	st->consumed = load64(&rb->q[q].st.consumed);
 	st->nobuf = load64(&rb->q[q].st.nobuf);
+	st->share = rb->cfg.kind == RXBUF_POOL
+			    ? __atomic_load_n(&rb->q[q].pool.want, __ATOMIC_RELAXED)
+			    : rb->cfg.ring_size;
 }
 
 void rxbuf_pstats(const struct rxbuf *rb, struct rxbuf_pstats *st)

@@ -8,7 +8,9 @@
  *         mergeable RX buffers. Each queue counts the strides it posted and
  *         released per buffer in arrays only it writes (no atomics on the fast
  *         path); a refill thread sums them and returns fully released buffers
- *         to the pool when the posted-minus-consumed gap runs low.
+ *         to the pool when the posted-minus-consumed gap runs low, and a queue
+ *         that finds the pool empty does the same scan itself. Each queue keeps
+ *         a share of strides posted that grows with its bursts.
  *
  * One rxbuf serves all queues of a device; queue q's calls come from one thread.
  */
@@ -30,13 +32,14 @@ struct rxbuf_cfg {
 	unsigned int ring_size;     /* fixed: buffers per queue */
 	unsigned int buf_size;      /* fixed: 2048; pool: large buffer size (16384) */
 	unsigned int stride;        /* pool: stride size (256) */
-	unsigned int pool_buffers;  /* pool: number of large buffers (128) */
+	unsigned int pool_buffers;  /* pool: number of large buffers, >= 2 per queue */
 };
 
 struct rxbuf_qstats {
 	uint64_t posted;   /* buffers (strides) handed to the device */
 	uint64_t consumed; /* buffers the device filled and the driver released */
 	uint64_t nobuf;    /* times the queue wanted a buffer and none was free */
+	uint64_t share;    /* pool: strides the queue keeps posted; fixed: its ring size */
 };
 
 struct rxbuf_pstats {
@@ -44,7 +47,7 @@ struct rxbuf_pstats {
 	uint64_t buffers_total;
 	uint64_t buffers_free;
 	uint64_t recycled;    /* buffers returned to the pool by the refill thread */
-	uint64_t refill_runs; /* times the refill thread scanned */
+	uint64_t refill_runs; /* recycling scans: by the refill thread or a starving queue */
 };
 
 struct rxbuf;

@@ -30,6 +30,13 @@
 
 #define VNET_HDR_LEN sizeof(struct virtio_net_hdr_v1)
 #define TX_SLOT 2048
+/*
+ * The largest ring whose descriptor table fits in one 4 KiB page. A larger table in
+ * normal pages spans pages that are not contiguous in guest memory, and QEMU 7.2
+ * behind its emulated IOMMU then misreads it: with 1024-entry rings, frames arrived
+ * with garbage num_buffers and lengths. In 2 MiB pages the same rings work.
+ */
+#define PAGE_RING 256
 #define MAX_FRAME 1514
 #define FEAT(bit) (1ULL << (bit))
 
@@ -81,7 +88,9 @@ struct vnet {
 	int cfg_efd;
 	uint64_t features;
 	unsigned int nq, max_pairs;
-	uint16_t ring_size;
+	uint16_t max_ring;  /* the device's RX queue size (QEMU's rx_queue_size) */
+	uint16_t ring_size; /* RX queues */
+	uint16_t tx_size;   /* TX queues: the RX size, or less if the device caps TX lower */
 	uint8_t mac[6];
 	bool dev_open, driver_ok;
 };
@@ -206,13 +215,48 @@ static int setup_queue(struct vnet *v, struct virtq *vq, uint16_t idx, uint16_t 
 	return 0;
 }
 
-static size_t rings_bytes(unsigned int pairs, unsigned int size)
+static size_t ring_bytes(unsigned int size)
 {
 	/* desc + avail + used of one queue, each area page aligned (see virtq_alloc) */
-	size_t ring = 16u * size + (6u + 2u * size) + (6u + 8u * size) + 3u * 4096u;
+	return 16u * size + (6u + 2u * size) + (6u + 8u * size) + 3u * 4096u;
+}
 
+static size_t rings_bytes(unsigned int pairs, unsigned int rx, unsigned int tx)
+{
 	/* rx and tx rings, the TX slots, the control queue (<= 64 entries) and its buffer */
-	return (2u * pairs) * ring + (size_t)pairs * size * TX_SLOT + 16u * 64u * 2u + 8192u;
+	return pairs * (ring_bytes(rx) + ring_bytes(tx) + (size_t)tx * TX_SLOT) +
+	       ring_bytes(64) + 8192u;
+}
+
+/*
+ * The ring memory, in huge pages when the guest has them: a ring over PAGE_RING
+ * entries needs them (see PAGE_RING). Without, the device's size is cut to PAGE_RING
+ * unless the caller asked for more, which is then an error.
+ */
+static int map_rings(struct vnet *v, bool asked, const char **why)
+{
+	uint16_t txmax = vpci_queue_max(&v->vp, 1);
+	int ret;
+
+	for (;;) {
+		/* QEMU lets rx_queue_size reach 1024 while TX stays at 256 */
+		v->tx_size = v->ring_size < txmax ? v->ring_size : txmax;
+		ret = dma_region_create(&v->rings, &v->dev,
+					rings_bytes(v->nq, v->ring_size, v->tx_size), true);
+		if (ret) {
+			*why = "mapping ring memory for DMA (VFIO_IOMMU_MAP_DMA)";
+			return ret;
+		}
+		if (v->ring_size <= PAGE_RING || v->rings.huge)
+			return 0;
+		dma_region_destroy(&v->rings);
+		if (asked) {
+			*why = "rings over 256 entries need huge pages, and the guest has none free "
+			       "(see PAGE_RING in net/vnet.c); reserve some or use 256 or less";
+			return -EINVAL;
+		}
+		v->ring_size = PAGE_RING;
+	}
 }
 
 static int open_queues(struct vnet *v, const char **why)
@@ -257,9 +301,9 @@ static int open_queues(struct vnet *v, const char **why)
 
 		ret = setup_queue(v, &q->rx, (uint16_t)(2 * i), v->ring_size, (uint16_t)(1 + 2 * i));
 		if (!ret)
-			ret = setup_queue(v, &q->tx, (uint16_t)(2 * i + 1), v->ring_size,
+			ret = setup_queue(v, &q->tx, (uint16_t)(2 * i + 1), v->tx_size,
 					  (uint16_t)(2 + 2 * i));
-		q->tx_slots = dma_alloc(&v->rings, (size_t)TX_SLOT * v->ring_size, 64);
+		q->tx_slots = dma_alloc(&v->rings, (size_t)TX_SLOT * v->tx_size, 64);
 		if (ret || !q->tx_slots) {
 			*why = "setting up a queue pair";
 			return ret ? ret : -ENOMEM;
@@ -332,6 +376,7 @@ int vnet_open(struct vnet **out, const struct vnet_config *cfg, const char **why
 	for (i = 0; i < 6; i++)
 		v->mac[i] = nc->mac[i];
 	maxring = vpci_queue_max(&v->vp, 0);
+	v->max_ring = maxring;
 	v->ring_size = cfg->ring_size ? (uint16_t)cfg->ring_size : maxring;
 	if (!v->ring_size || v->ring_size > maxring || (v->ring_size & (v->ring_size - 1))) {
 		*why = "ring size must be a power of two no larger than the device's";
@@ -345,11 +390,9 @@ int vnet_open(struct vnet **out, const struct vnet_config *cfg, const char **why
 	memset(v->q, 0, sizeof(*v->q) * v->nq);
 	for (i = 0; i < v->nq; i++)
 		v->q[i].rx_efd = v->q[i].tx_efd = -1;
-	ret = dma_region_create(&v->rings, &v->dev, rings_bytes(v->nq, v->ring_size));
-	if (ret) {
-		*why = "mapping ring memory for DMA (VFIO_IOMMU_MAP_DMA)";
+	ret = map_rings(v, cfg->ring_size != 0, why);
+	if (ret)
 		goto fail;
-	}
 	ret = open_queues(v, why);
 	if (ret)
 		goto fail;
@@ -364,6 +407,12 @@ int vnet_open(struct vnet **out, const struct vnet_config *cfg, const char **why
 		if (!(v->features & FEAT(VIRTIO_NET_F_MRG_RXBUF)) && rcfg.stride < MAX_FRAME + 12) {
 			*why = "strides smaller than a frame need MRG_RXBUF, which the device lacks";
 			ret = -ENOTSUP;
+			goto fail;
+		}
+		/* see "Shares" in mem/rxbuf.c: a queue can hold strides of two buffers */
+		if (rcfg.pool_buffers < 2 * v->nq) {
+			*why = "the pool needs at least 2 buffers per queue pair";
+			ret = -EINVAL;
 			goto fail;
 		}
 	} else {
@@ -671,11 +720,13 @@ void vnet_stats_json(struct vnet *v, FILE *out)
 			first = 0;
 		}
 	}
-	fprintf(out, "], \"queue_pairs\": %u, \"max_queue_pairs\": %u, \"ring_size\": %u, "
+	fprintf(out, "], \"queue_pairs\": %u, \"max_queue_pairs\": %u, \"max_ring_size\": %u, "
+		     "\"ring_size\": %u, \"tx_ring_size\": %u, "
 		     "\"link_up\": %s, \"pool\": {\"pinned_bytes\": %llu, \"buffers_total\": %llu, "
 		     "\"buffers_free\": %llu, \"recycled\": %llu, \"refill_runs\": %llu}, "
 		     "\"queues\": [",
-		v->nq, v->max_pairs, v->ring_size, vnet_link_up(v) ? "true" : "false",
+		v->nq, v->max_pairs, v->max_ring, v->ring_size, v->tx_size,
+		vnet_link_up(v) ? "true" : "false",
 		(unsigned long long)ps.pinned_bytes, (unsigned long long)ps.buffers_total,
 		(unsigned long long)ps.buffers_free, (unsigned long long)ps.recycled,
 		(unsigned long long)ps.refill_runs);
@@ -687,7 +738,7 @@ void vnet_stats_json(struct vnet *v, FILE *out)
 		fprintf(out,
 			"%s{\"rx_packets\": %llu, \"rx_bytes\": %llu, \"rx_errors\": %llu, "
 			"\"tx_packets\": %llu, \"tx_bytes\": %llu, \"tx_full\": %llu, "
-			"\"posted\": %llu, \"consumed\": %llu, \"drops_nobuf\": %llu, "
+			"\"posted\": %llu, \"consumed\": %llu, \"drops_nobuf\": %llu, \"share\": %llu, "
 			"\"wakeups\": %llu, \"nudges\": %llu, \"notifications\": %llu, "
 			"\"rx_err_len\": %llu, "
 			"\"rx_err_span\": %llu, \"rx_err_big\": %llu, \"last_bad_len\": %u, "
@@ -699,6 +750,7 @@ void vnet_stats_json(struct vnet *v, FILE *out)
 			(unsigned long long)READ_ONCE(q->tx_bytes),
 			(unsigned long long)READ_ONCE(q->tx_full), (unsigned long long)qs.posted,
 			(unsigned long long)qs.consumed, (unsigned long long)qs.nobuf,
+			(unsigned long long)qs.share,
 			(unsigned long long)READ_ONCE(q->wakeups),
 			(unsigned long long)READ_ONCE(q->nudges),
 			(unsigned long long)(READ_ONCE(q->rx.notifications) +

@@ -18,7 +18,7 @@ enum vnet_rx_scheme { VNET_RX_FIXED, VNET_RX_POOL };
 struct vnet_config {
 	const char *pci_addr;       /* "0000:01:00.0", bound to vfio-pci */
 	unsigned int queue_pairs;   /* 1..device maximum */
-	unsigned int ring_size;     /* 0: the device's maximum; else a power of two */
+	unsigned int ring_size;     /* 0: the device's size (256 at most without huge pages) */
 	enum vnet_rx_scheme scheme;
 	unsigned int pool_buffers;  /* pool: large buffers (default 128) */
 	unsigned int buffer_size;   /* pool: large buffer size (16384); fixed: 2048 */

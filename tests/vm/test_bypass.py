@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -230,6 +231,9 @@ def test_pool_carries_one_flow_of_small_packets_in_16_kib(drop_bed: Testbed) -> 
     queue, 2 queues) pin 64 KiB. Before per-queue shares grew with their traffic and a
     starving queue recycled buffers itself, 2 x 16 KiB lost everything here."""
     srv, cli = drop_bed.guest("srv"), drop_bed.guest("cli")
+    # the kernel driver sees the 1024-entry RX rings of rx_ring_size too
+    rings = srv.run("ethtool -g data0", check=True).stdout.split("Current hardware")
+    assert all(re.search(r"^RX:\s+1024$", part, re.M) for part in rings), rings
     opts = EchoOptions(queues=2, scheme="pool", pool_buffers=4, buffer_size=4096)
     echo = EchoServer(srv, opts=opts).start()
     try:

@@ -118,12 +118,50 @@ def _cmd(argv: list[str], what: str, cwd: Path | None = None) -> subprocess.Comp
         raise EnvironmentProblem(f"{argv[0]} is not installed; it is needed to {what}") from exc
 
 
+APT_STATE = (Path("/etc/apt/sources.list"), Path("/etc/apt/sources.list.d"),
+             Path("/var/lib/apt/lists"))
+
+
+def apt_fingerprint(paths: tuple[Path, ...]) -> str:
+    """A hash of what decides apt's answer: the sources and the downloaded lists (name,
+    size and mtime of each file), so an ``apt-get update`` or a new entry changes it."""
+    h = hashlib.sha256()
+    for top in paths:
+        files = sorted(f for f in top.iterdir() if f.is_file()) if top.is_dir() else [top]
+        for f in files:
+            try:
+                st = f.stat()
+            except OSError:
+                continue
+            h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
 def source_version(recipe: QemuRecipe) -> str | None:
-    """Version of the source package apt would fetch, or None without a deb-src entry."""
+    """Version of the source package apt would fetch, or None without a deb-src entry.
+
+    Asking apt takes about half a second, and every ``up`` that needs the project's
+    QEMU asks; the answer is remembered in the cache next to the apt state it came
+    from and asked again once that state changes. A missing answer is never kept.
+    """
+    memo = qemu_dir() / "source-version.json"
+    key = f"{recipe.source} {apt_fingerprint(APT_STATE)}"
+    try:
+        saved = json.loads(memo.read_text())
+        if saved.get("key") == key:
+            return str(saved["version"])
+    except (OSError, ValueError, KeyError, AttributeError):
+        pass
     res = _cmd(["apt-get", "source", "--print-uris", "-q", recipe.source],
                "find the QEMU source package")
     m = re.search(rf"'\S+/{re.escape(recipe.source)}_([^_/']+)\.dsc'", res.stdout)
-    return urllib.parse.unquote(m.group(1)) if m else None  # the URI escapes '+'
+    version = urllib.parse.unquote(m.group(1)) if m else None  # the URI escapes '+'
+    if version:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"key": key, "version": version}))
+        tmp.replace(memo)
+    return version
 
 
 

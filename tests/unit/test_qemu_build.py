@@ -122,3 +122,35 @@ def test_bench_uintr_output_is_parsed() -> None:
     assert res.mechanisms[0].roundtrips_s == 5000
     assert res.mechanisms[1].error == "setup failed"
     assert res.ratios == {"signal_over_senduipi_oneway_p50": None}
+
+
+def test_source_version_is_remembered_until_apt_changes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / "deb.debian.org_Sources").write_text("one")
+    monkeypatch.setattr(qemu_build, "APT_STATE", (tmp_path / "sources.list", lists))
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    asked: list[str] = []
+    answer = {"uri": "'http://x/pool/q/qemu_1%3a7.2%2bdfsg-7.dsc' qemu.dsc 1 SHA256:0"}
+
+    def fake_cmd(argv: list[str], what: str, cwd: Path | None = None
+                 ) -> subprocess.CompletedProcess[str]:
+        asked.append(argv[0])
+        return subprocess.CompletedProcess(argv, 0, answer["uri"], "")
+
+    monkeypatch.setattr(qemu_build, "_cmd", fake_cmd)
+    recipe = _recipe(tmp_path, {})
+    assert qemu_build.source_version(recipe) == "1:7.2+dfsg-7"
+    assert qemu_build.source_version(recipe) == "1:7.2+dfsg-7" and len(asked) == 1
+    # an apt-get update rewrites the lists: apt is asked again
+    answer["uri"] = "'http://x/pool/q/qemu_1%3a7.2%2bdfsg-8.dsc' qemu.dsc 1 SHA256:0"
+    (lists / "deb.debian.org_Sources").write_text("two, longer")
+    assert qemu_build.source_version(recipe) == "1:7.2+dfsg-8" and len(asked) == 2
+    # no deb-src entry: nothing is remembered, so adding one is seen at once
+    (lists / "other_Sources").write_text("x")
+    answer["uri"] = ""
+    assert qemu_build.source_version(recipe) is None
+    assert qemu_build.source_version(recipe) is None and len(asked) == 4

@@ -33,6 +33,8 @@ class EchoOptions:
     buffer_size: int = 0
     stride: int = 0
     rss: bool = True
+    # rings over 256 entries in normal pages: only on the project's QEMU (patch 0009)
+    small_page_rings: bool = False
 
     def argv(self, bdf: str, address: str) -> list[str]:
         args = ["udp_echo", "--pci", bdf, "--ip", address, "--queues", str(self.queues),
@@ -40,6 +42,8 @@ class EchoOptions:
                 "--stats", STATS]
         if not self.rss:
             args.append("--no-rss")
+        if self.small_page_rings:
+            args.append("--rings-in-small-pages")
         for flag, value in (("--ring", self.ring), ("--pool-buffers", self.pool_buffers),
                             ("--buffer-size", self.buffer_size), ("--stride", self.stride)):
             if value:

@@ -109,6 +109,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 		{ "mode", required_argument, 0, 'm' },     { "port", required_argument, 0, 'P' },
 		{ "duration", required_argument, 0, 'd' }, { "stats", required_argument, 0, 'S' },
 		{ "info", no_argument, 0, 'I' },           { "no-rss", no_argument, 0, 'R' },
+		{ "rings-in-small-pages", no_argument, 0, 'G' },
 		{ 0, 0, 0, 0 },
 	};
 	int c;
@@ -178,6 +179,9 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 			break;
 		case 'R':
 			o->vcfg.rss = false; /* the tap's own queue choice steers flows instead */
+			break;
+		case 'G':
+			o->vcfg.small_page_rings = true; /* see PAGE_RING in net/vnet.c */
 			break;
 		default:
 			return die_usage("options", "see the header of guest/libos/apps/udp_echo.c");

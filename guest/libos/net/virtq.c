@@ -19,10 +19,11 @@ int virtq_alloc(struct virtq *vq, struct dma_region *r, uint16_t size, uint16_t 
 		return -EINVAL;
 	memset(vq, 0, sizeof(*vq));
 	/*
-	 * The spec asks for 16/2/4-byte alignment, but behind QEMU 7.2's emulated IOMMU a
-	 * ring area that straddles a page boundary is not reliably accessed: the device
-	 * then returns used entries of length 0 and frames are lost (seen on every queue
-	 * whose rings happened to straddle). One page-aligned area each avoids it.
+	 * The spec asks for 16/2/4-byte alignment, but behind QEMU 7.2's emulated IOMMU an
+	 * access that crosses a page boundary has its tail misplaced (fixed by the
+	 * project's QEMU patch 0009): used entries then came back with length 0 and frames
+	 * were lost. One page-aligned area each keeps rings of up to 256 entries clear of
+	 * it; larger ones need contiguous memory (PAGE_RING in vnet.c).
 	 */
 	vq->desc = dma_alloc(r, sizeof(struct vring_desc) * size, 4096);
 	vq->avail = dma_alloc(r, avail_sz, 4096);

@@ -31,10 +31,12 @@
 #define VNET_HDR_LEN sizeof(struct virtio_net_hdr_v1)
 #define TX_SLOT 2048
 /*
- * The largest ring whose descriptor table fits in one 4 KiB page. A larger table in
- * normal pages spans pages that are not contiguous in guest memory, and QEMU 7.2
- * behind its emulated IOMMU then misreads it: with 1024-entry rings, frames arrived
- * with garbage num_buffers and lengths. In 2 MiB pages the same rings work.
+ * The largest ring whose used ring has no element across a 4 KiB page (element i sits
+ * at 4 + 8 * i). Behind its emulated IOMMU, QEMU 7.2 writes the part of an access
+ * beyond a page to the wrong place (images/qemu/patches/0009 fixes it), so a used
+ * element across pages that are not contiguous in guest memory got a stale length,
+ * and mergeable frames fell apart. Rings in 2 MiB pages are contiguous and safe on
+ * any QEMU; small_page_rings trusts a fixed QEMU instead.
  */
 #define PAGE_RING 256
 #define MAX_FRAME 1514
@@ -230,10 +232,10 @@ static size_t rings_bytes(unsigned int pairs, unsigned int rx, unsigned int tx)
 
 /*
  * The ring memory, in huge pages when the guest has them: a ring over PAGE_RING
- * entries needs them (see PAGE_RING). Without, the device's size is cut to PAGE_RING
- * unless the caller asked for more, which is then an error.
+ * entries needs them (see PAGE_RING) unless small_pages_ok. Without, the device's
+ * size is cut to PAGE_RING unless the caller asked for more, which is then an error.
  */
-static int map_rings(struct vnet *v, bool asked, const char **why)
+static int map_rings(struct vnet *v, bool asked, bool small_pages_ok, const char **why)
 {
 	uint16_t txmax = vpci_queue_max(&v->vp, 1);
 	int ret;
@@ -247,12 +249,13 @@ static int map_rings(struct vnet *v, bool asked, const char **why)
 			*why = "mapping ring memory for DMA (VFIO_IOMMU_MAP_DMA)";
 			return ret;
 		}
-		if (v->ring_size <= PAGE_RING || v->rings.huge)
+		if (v->ring_size <= PAGE_RING || v->rings.huge || small_pages_ok)
 			return 0;
 		dma_region_destroy(&v->rings);
 		if (asked) {
 			*why = "rings over 256 entries need huge pages, and the guest has none free "
-			       "(see PAGE_RING in net/vnet.c); reserve some or use 256 or less";
+			       "(see PAGE_RING in net/vnet.c); reserve some, use 256 or less, or "
+			       "--rings-in-small-pages on the project's QEMU";
 			return -EINVAL;
 		}
 		v->ring_size = PAGE_RING;
@@ -390,7 +393,7 @@ int vnet_open(struct vnet **out, const struct vnet_config *cfg, const char **why
 	memset(v->q, 0, sizeof(*v->q) * v->nq);
 	for (i = 0; i < v->nq; i++)
 		v->q[i].rx_efd = v->q[i].tx_efd = -1;
-	ret = map_rings(v, cfg->ring_size != 0, why);
+	ret = map_rings(v, cfg->ring_size != 0, cfg->small_page_rings, why);
 	if (ret)
 		goto fail;
 	ret = open_queues(v, why);

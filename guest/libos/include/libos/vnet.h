@@ -24,6 +24,8 @@ struct vnet_config {
 	unsigned int buffer_size;   /* pool: large buffer size (16384); fixed: 2048 */
 	unsigned int stride;        /* pool: stride (256) */
 	bool rss;                   /* spread flows with RSS when the device offers it */
+	/* rings over 256 entries in normal pages: only on the project's QEMU (patch 0009) */
+	bool small_page_rings;
 };
 
 struct vnet;

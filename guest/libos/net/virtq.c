@@ -7,27 +7,55 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* The three areas of a ring of size entries (virtio 1.x, 2.7). */
+static void area_sizes(uint16_t size, size_t sz[3])
+{
+	sz[0] = sizeof(struct vring_desc) * size;
+	sz[1] = sizeof(struct vring_avail) + sizeof(uint16_t) * (size + 1u);
+	sz[2] = sizeof(struct vring_used) + sizeof(struct vring_used_elem) * size + sizeof(uint16_t);
+}
+
+/*
+ * The spec asks for 16/2/4-byte alignment, but behind QEMU 7.2's emulated IOMMU an
+ * access that crosses a page boundary has its tail misplaced (fixed by the project's
+ * QEMU patch 0009): used entries then came back with length 0 and frames were lost.
+ * Each area is aligned to a page, or to its own size rounded up to a power of two when
+ * larger: rings of up to 256 entries then never cross a page, and larger ones (in huge
+ * pages, see PAGE_RING in vnet.c) never cross a 2 MiB page.
+ */
+static size_t area_align(size_t sz)
+{
+	size_t a = 4096;
+
+	while (a < sz)
+		a *= 2;
+	return a;
+}
+
+size_t virtq_bytes(uint16_t size)
+{
+	size_t sz[3], total = 0;
+	unsigned int i;
+
+	area_sizes(size, sz);
+	for (i = 0; i < 3; i++)
+		total += sz[i] + area_align(sz[i]); /* worst-case padding before each */
+	return total;
+}
+
 int virtq_alloc(struct virtq *vq, struct dma_region *r, uint16_t size, uint16_t qidx,
 		bool event_idx)
 {
-	size_t avail_sz = sizeof(struct vring_avail) + sizeof(uint16_t) * (size + 1u);
-	size_t used_sz = sizeof(struct vring_used) + sizeof(struct vring_used_elem) * size +
-			 sizeof(uint16_t);
+	size_t sz[3];
 	uint16_t i;
 
 	if (!size || (size & (size - 1)))
 		return -EINVAL;
 	memset(vq, 0, sizeof(*vq));
-	/*
-	 * The spec asks for 16/2/4-byte alignment, but behind QEMU 7.2's emulated IOMMU an
-	 * access that crosses a page boundary has its tail misplaced (fixed by the
-	 * project's QEMU patch 0009): used entries then came back with length 0 and frames
-	 * were lost. One page-aligned area each keeps rings of up to 256 entries clear of
-	 * it; larger ones need contiguous memory (PAGE_RING in vnet.c).
-	 */
-	vq->desc = dma_alloc(r, sizeof(struct vring_desc) * size, 4096);
-	vq->avail = dma_alloc(r, avail_sz, 4096);
-	vq->used = dma_alloc(r, used_sz, 4096);
+	area_sizes(size, sz);
+	vq->desc = dma_alloc(r, sz[0], area_align(sz[0]));
+	vq->avail = dma_alloc(r, sz[1], area_align(sz[1]));
+	vq->used = dma_alloc(r, sz[2], area_align(sz[2]));
 	vq->cookie = calloc(size, sizeof(void *));
 	if (!vq->desc || !vq->avail || !vq->used || !vq->cookie) {
 		free(vq->cookie);

@@ -39,6 +39,8 @@ struct vq_seg {
 	uint32_t len;
 };
 
+/* DMA bytes virtq_alloc() needs for a ring of size entries, alignment included. */
+size_t virtq_bytes(uint16_t size);
 int virtq_alloc(struct virtq *vq, struct dma_region *r, uint16_t size, uint16_t qidx,
 		bool event_idx);
 /* A chain of n_out device-readable then n_in device-writable segments. 0 or -ENOSPC. */

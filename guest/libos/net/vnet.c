@@ -217,17 +217,11 @@ static int setup_queue(struct vnet *v, struct virtq *vq, uint16_t idx, uint16_t 
 	return 0;
 }
 
-static size_t ring_bytes(unsigned int size)
-{
-	/* desc + avail + used of one queue, each area page aligned (see virtq_alloc) */
-	return 16u * size + (6u + 2u * size) + (6u + 8u * size) + 3u * 4096u;
-}
-
 static size_t rings_bytes(unsigned int pairs, unsigned int rx, unsigned int tx)
 {
 	/* rx and tx rings, the TX slots, the control queue (<= 64 entries) and its buffer */
-	return pairs * (ring_bytes(rx) + ring_bytes(tx) + (size_t)tx * TX_SLOT) +
-	       ring_bytes(64) + 8192u;
+	return pairs * (virtq_bytes(rx) + virtq_bytes(tx) + (size_t)tx * TX_SLOT) +
+	       virtq_bytes(64) + 8192u;
 }
 
 /*

@@ -182,16 +182,15 @@ BASELINE_RINGS = (16, 32, 64, 128, 256, 512, 1024)  # 2 KiB buffers per queue
 # holds strides of up to two buffers (see "Shares" in guest/libos/mem/rxbuf.c), so small
 # buffers lower the floor an idle queue costs. udp_echo wants 2 buffers per queue at least.
 POOL_BUFFER_SIZE = 4096
-WARMUP_S = 1.0
 POOL_BUFFERS = (4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+WARMUP_S = 1.0  # unmeasured load before each run: the pool's shares learn the bursts
 
 
 def _try(srv: Guest, cli: Guest, opts: EchoOptions, rate: int, size: int, flows: int,
          seconds: float, burst: int) -> tuple[float, float]:
     """(pinned KiB, loss %) of one configuration at the offered rate."""
     with EchoServer(srv, opts=opts) as echo:
-        # the measured window follows a warm-up at the same load: the pool's shares
-        # learn their queues' bursts, and the question is what a running server needs
+        # the question is what a running server needs, after a warm-up at the same load
         r = loadgen(cli, srv, duration=seconds, rate=rate, size=size, flows=flows,
                     burst=burst, warmup=WARMUP_S)
         pinned = echo.stats()["device"]["pool"]["pinned_bytes"] / 1024

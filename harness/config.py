@@ -175,7 +175,7 @@ def _netem(where: str, raw: Any) -> Netem:
 
 def _nic(where: str, raw: Any, networks: dict[str, NetworkConfig]) -> NicConfig:
     t = _keys(where, raw, {"network", "queues", "iommu", "drop_when_full", "rx_ring_size",
-                                "address", "netem"})
+                           "address", "netem"})
     if "network" not in t:
         raise ConfigError(f"{where}.network: missing; name one of the [[network]] tables "
                           f"({', '.join(networks) or 'none defined'})")

@@ -164,7 +164,6 @@ def source_version(recipe: QemuRecipe) -> str | None:
     return version
 
 
-
 def ensure_deb_src(recipe: QemuRecipe, progress: Progress) -> str:
     """The source version, adding a deb-src entry from the machine's own sources if needed."""
     version = source_version(recipe)

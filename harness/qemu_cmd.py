@@ -15,6 +15,9 @@ from harness.config import RX_RING_SIZES
 from harness.plan import GuestPlan
 
 MGMT_GUEST_IP = "10.0.2.15"  # QEMU user networking's default guest address
+# 2 MiB pages reserved in guests with an IOMMU NIC: 16 MiB, room for 16 queue pairs'
+# rings of 1024 entries and their TX slots
+IOMMU_GUEST_HUGEPAGES = 8
 
 
 @dataclass(frozen=True)
@@ -48,15 +51,10 @@ def kernel_cmdline(guest: GuestPlan, boot: BootFiles, params: LaunchParams) -> s
     if nets:
         args.append(f"harness.net={nets}")
     if guest.config.iommu:
-        # huge pages for the bypass driver's rings: over 256 entries they must be
-        # contiguous past 4 KiB (PAGE_RING in guest/libos/net/vnet.c)
+        # huge pages for the bypass driver's rings: over 256 entries, stock QEMU needs
+        # them contiguous past 4 KiB (PAGE_RING in guest/libos/net/vnet.c)
         args += ["intel_iommu=on", "iommu=pt", f"hugepages={IOMMU_GUEST_HUGEPAGES}"]
     return " ".join(a for a in args if a)
-
-
-# 2 MiB pages reserved in guests with an IOMMU NIC: 16 MiB, room for 16 queue pairs'
-# rings of 1024 entries and their TX slots
-IOMMU_GUEST_HUGEPAGES = 8
 
 
 def root_port(nic_index: int) -> str:

@@ -311,12 +311,47 @@ static void print_result(const char *name, const struct result *r, int last)
 		printf("  \"%s\": {\"error\": \"%s\"}%s\n", name, r->err, last ? "" : ",");
 }
 
-static void ratio(const char *name, double num, double den, int ok, int last)
+/* The ratios reported: num's metric over den's. Medians are steadier than means when
+ * the host preempts vCPU threads, hence the round-trip p50 rows. */
+enum metric { ONEWAY_P50, ROUNDTRIPS_PER_S, ROUNDTRIP_P50 };
+static const struct {
+	const char *name;
+	int num, den;
+	enum metric metric;
+} ratios[] = {
+	{ "signal_over_senduipi_oneway_p50", SIG, SUI, ONEWAY_P50 },
+	{ "eventfd_over_senduipi_oneway_p50", EFD, SUI, ONEWAY_P50 },
+	{ "eventfd_over_senduipi_wait_oneway_p50", EFD, SUI_WAIT, ONEWAY_P50 },
+	{ "senduipi_over_signal_roundtrips", SUI, SIG, ROUNDTRIPS_PER_S },
+	{ "senduipi_over_eventfd_roundtrips", SUI, EFD, ROUNDTRIPS_PER_S },
+	{ "senduipi_wait_over_eventfd_roundtrips", SUI_WAIT, EFD, ROUNDTRIPS_PER_S },
+	{ "signal_over_senduipi_roundtrip_p50", SIG, SUI, ROUNDTRIP_P50 },
+	{ "eventfd_over_senduipi_roundtrip_p50", EFD, SUI, ROUNDTRIP_P50 },
+	{ "eventfd_over_senduipi_wait_roundtrip_p50", EFD, SUI_WAIT, ROUNDTRIP_P50 },
+};
+
+static double metric_of(const struct result *r, enum metric m)
 {
-	if (ok && den > 0)
-		printf("    \"%s\": %.2f%s\n", name, num / den, last ? "" : ",");
-	else
-		printf("    \"%s\": null%s\n", name, last ? "" : ",");
+	return m == ONEWAY_P50 ? r->p50_ns : m == ROUNDTRIPS_PER_S ? r->rtps : r->rt_p50_ns;
+}
+
+static void print_ratios(const struct result *res)
+{
+	size_t n = sizeof(ratios) / sizeof(ratios[0]);
+
+	printf("  \"ratios\": {\n");
+	for (size_t i = 0; i < n; i++) {
+		const struct result *a = &res[ratios[i].num], *b = &res[ratios[i].den];
+		double den = metric_of(b, ratios[i].metric);
+		const char *sep = i + 1 < n ? "," : "";
+
+		if (a->ok && b->ok && den > 0)
+			printf("    \"%s\": %.2f%s\n", ratios[i].name,
+			       metric_of(a, ratios[i].metric) / den, sep);
+		else
+			printf("    \"%s\": null%s\n", ratios[i].name, sep);
+	}
+	printf("  }\n");
 }
 
 int main(int argc, char **argv)
@@ -362,26 +397,7 @@ usage:
 	       (unsigned long long)iters, cpu_a, cpu_b, ncpus(), tsc_per_ns);
 	for (int m = 0; m < NMODES; m++)
 		print_result(mode_name[m], &res[m], 0);
-	printf("  \"ratios\": {\n");
-	ratio("signal_over_senduipi_oneway_p50", res[SIG].p50_ns, res[SUI].p50_ns,
-	      res[SIG].ok && res[SUI].ok, 0);
-	ratio("eventfd_over_senduipi_oneway_p50", res[EFD].p50_ns, res[SUI].p50_ns,
-	      res[EFD].ok && res[SUI].ok, 0);
-	ratio("eventfd_over_senduipi_wait_oneway_p50", res[EFD].p50_ns, res[SUI_WAIT].p50_ns,
-	      res[EFD].ok && res[SUI_WAIT].ok, 0);
-	ratio("senduipi_over_signal_roundtrips", res[SUI].rtps, res[SIG].rtps,
-	      res[SUI].ok && res[SIG].ok, 0);
-	ratio("senduipi_over_eventfd_roundtrips", res[SUI].rtps, res[EFD].rtps,
-	      res[SUI].ok && res[EFD].ok, 0);
-	ratio("senduipi_wait_over_eventfd_roundtrips", res[SUI_WAIT].rtps, res[EFD].rtps,
-	      res[SUI_WAIT].ok && res[EFD].ok, 0);
-	/* medians are steadier than means when the host preempts vCPU threads */
-	ratio("signal_over_senduipi_roundtrip_p50", res[SIG].rt_p50_ns, res[SUI].rt_p50_ns,
-	      res[SIG].ok && res[SUI].ok, 0);
-	ratio("eventfd_over_senduipi_roundtrip_p50", res[EFD].rt_p50_ns, res[SUI].rt_p50_ns,
-	      res[EFD].ok && res[SUI].ok, 0);
-	ratio("eventfd_over_senduipi_wait_roundtrip_p50", res[EFD].rt_p50_ns,
-	      res[SUI_WAIT].rt_p50_ns, res[EFD].ok && res[SUI_WAIT].ok, 1);
-	printf("  }\n}\n");
+	print_ratios(res);
+	printf("}\n");
 	return res[SUI].ok ? 0 : 1;
 }

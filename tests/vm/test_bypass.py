@@ -6,13 +6,16 @@ import json
 import re
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from harness.bypass import EchoOptions, EchoServer, loadgen
 from harness.errors import GuestError
+from harness.guest import Guest
 from harness.pytest_plugin import shared_testbed
+from harness.qemu_cmd import IOMMU_GUEST_HUGEPAGES
 from harness.testbed import Testbed
 
 SPEC = """
@@ -201,6 +204,16 @@ name = "cli"
 """
 
 
+@contextmanager
+def _no_huge_pages(g: Guest) -> Iterator[None]:
+    """Take back the huge pages the harness reserves in IOMMU guests, for a while."""
+    g.run("echo 0 > /proc/sys/vm/nr_hugepages", check=True)
+    try:
+        yield
+    finally:
+        g.run(f"echo {IOMMU_GUEST_HUGEPAGES} > /proc/sys/vm/nr_hugepages", check=True)
+
+
 @pytest.fixture(scope="module")
 def drop_bed(request: pytest.FixtureRequest, project_qemu: Path) -> Iterator[Testbed]:
     """Server NIC 0 drops what finds no buffer and has 1024-entry RX rings; NIC 1 is stock."""
@@ -258,14 +271,11 @@ def test_pool_carries_one_flow_of_small_packets_in_16_kib(drop_bed: Testbed) -> 
     assert srv.run("ip link show data0").ok  # and the kernel driver has the NIC back
     # without huge pages, rings over a page of descriptors are refused when asked for
     # and cut to 256 by default
-    srv.run("echo 0 > /proc/sys/vm/nr_hugepages", check=True)
-    try:
+    with _no_huge_pages(srv):
         with pytest.raises(GuestError, match="rings over 256 entries need huge pages"):
             EchoServer(srv, opts=EchoOptions(queues=2, scheme="fixed", ring=512)).start()
         with EchoServer(srv, opts=EchoOptions(queues=2)) as echo:
             assert echo.stats()["device"]["ring_size"] == 256
-    finally:
-        srv.run("echo 8 > /proc/sys/vm/nr_hugepages", check=True)
 
 
 def test_large_rings_in_small_pages_on_the_projects_qemu(drop_bed: Testbed) -> None:
@@ -275,8 +285,7 @@ def test_large_rings_in_small_pages_on_the_projects_qemu(drop_bed: Testbed) -> N
     back with stale lengths (6 to 14 rx_errors in runs like this one). drop_bed runs the
     project's QEMU (drop_when_full)."""
     srv, cli = drop_bed.guest("srv"), drop_bed.guest("cli")
-    srv.run("echo 0 > /proc/sys/vm/nr_hugepages", check=True)
-    try:
+    with _no_huge_pages(srv):
         opts = EchoOptions(queues=2, scheme="pool", buffer_size=4096, pool_buffers=64,
                            ring=1024, small_page_rings=True)
         echo = EchoServer(srv, opts=opts).start()
@@ -284,8 +293,6 @@ def test_large_rings_in_small_pages_on_the_projects_qemu(drop_bed: Testbed) -> N
             r = loadgen(cli, srv, duration=3.0, rate=1000, size=1400, flows=8)
         finally:
             final = echo.stop()
-    finally:
-        srv.run("echo 8 > /proc/sys/vm/nr_hugepages", check=True)
     dev = final["device"]
     assert dev["ring_size"] == 1024
     # every used element was read back as the device wrote it: no frame fell apart

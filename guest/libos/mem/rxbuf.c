@@ -362,7 +362,7 @@ int rxbuf_create(struct rxbuf **out, const struct rxbuf_cfg *cfg, struct vfio_de
 	if (!cfg->queues || !cfg->buf_size)
 		return -EINVAL;
 	if (cfg->kind == RXBUF_POOL &&
-	    (!cfg->stride || cfg->buf_size % cfg->stride || cfg->pool_buffers < 2 * cfg->queues ||
+	    (!cfg->stride || cfg->buf_size % cfg->stride || cfg->pool_buffers < rxbuf_min_pool_buffers(cfg->queues) ||
 	     cfg->stride < 64))
 		return -EINVAL;
 	if (cfg->kind == RXBUF_FIXED && !cfg->ring_size)

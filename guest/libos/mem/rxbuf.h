@@ -52,6 +52,12 @@ struct rxbuf_pstats {
 
 struct rxbuf;
 
+/* The fewest pool buffers for queues queues: each can hold strides of two (see "Shares"). */
+static inline unsigned int rxbuf_min_pool_buffers(unsigned int queues)
+{
+	return 2 * queues;
+}
+
 int rxbuf_create(struct rxbuf **out, const struct rxbuf_cfg *cfg, struct vfio_dev *dev);
 void rxbuf_destroy(struct rxbuf *rb);
 /* Size of one posted buffer (a stride in the pool scheme). */

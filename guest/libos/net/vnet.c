@@ -406,8 +406,7 @@ int vnet_open(struct vnet **out, const struct vnet_config *cfg, const char **why
 			ret = -ENOTSUP;
 			goto fail;
 		}
-		/* see "Shares" in mem/rxbuf.c: a queue can hold strides of two buffers */
-		if (rcfg.pool_buffers < 2 * v->nq) {
+		if (rcfg.pool_buffers < rxbuf_min_pool_buffers(v->nq)) {
 			*why = "the pool needs at least 2 buffers per queue pair";
 			ret = -EINVAL;
 			goto fail;

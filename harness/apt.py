@@ -93,8 +93,9 @@ def extract(deb: Path, dest: Path) -> None:
 def kernel_headers(kver: str) -> list[Package]:
     """The packages an out-of-tree module needs to build against kernel ``kver``.
 
-    linux-headers-KVER plus the -common and linux-kbuild packages it depends on; their
-    symlinks are relative, so the three unpack anywhere and build together.
+    linux-headers-KVER plus the -common and linux-kbuild packages it depends on. Their
+    symlinks are relative, but the flavour tree's Makefile includes the -common tree
+    by an absolute /usr/src path: kernel.kbuild_tree() points it at the unpacked copy.
     """
     name = f"linux-headers-{kver}"
     hdr = resolve([name])[name]

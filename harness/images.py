@@ -326,7 +326,7 @@ def _build_kmods(recipe: Recipe, kver: str, src: Path, work: Path,
     headers = work / "headers"
     for deb in apt.download(apt.kernel_headers(kver), cache_root() / "debs"):
         apt.extract(deb, headers)
-    kdir = headers / "usr/src" / f"linux-headers-{kver}"
+    kdir = kernel.kbuild_tree(headers, kver)
     built = []
     for name in recipe.kmods:
         folder = src / "guest/kmod" / name

@@ -1,14 +1,19 @@
-"""The guest kernel: an uncompressed vmlinux and a chosen subset of its modules.
+"""The guest kernel: an uncompressed vmlinux, a chosen subset of its modules, and the
+kbuild tree out-of-tree modules build against.
 
 Debian ships an XZ-compressed bzImage; decompressing it under TCG costs seconds on
 every boot. The kernel has CONFIG_PVH, so the ELF vmlinux found inside the bzImage
 boots directly through QEMU's PVH entry. Modules are picked with their
 dependencies (from modules.dep) and indexed with depmod for the guest's modprobe.
+
+Kernel headers are Debian's packages unpacked into a private folder: nothing here
+reads the host's /usr/src or /lib/modules.
 """
 
 from __future__ import annotations
 
 import lzma
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -90,3 +95,39 @@ def install_modules(src_root: Path, version: str, wanted: list[str], dest_root: 
             shutil.copy2(src / meta, dst / meta)
     depmod(dest_root, version)
     return paths
+
+
+_INCLUDE = re.compile(r"^([ \t]*include[ \t]+)(\S*/)(linux-headers-[^/\s]+-common)(/Makefile)[ \t]*$",
+                      re.M)
+
+
+def relocate_headers_makefile(text: str, src_dir: Path) -> str:
+    """The flavour tree's Makefile with its include of the -common tree pointed at
+    ``src_dir`` (the unpacked usr/src).
+
+    Debian's linux-headers-KVER/Makefile is one line, ``include
+    /usr/src/linux-headers-KVER-common/Makefile``: an absolute path that only exists
+    where the headers are installed system-wide. Pure; an unexpected Makefile raises.
+    """
+    new, count = _INCLUDE.subn(lambda m: f"{m.group(1)}{src_dir / m.group(3)}{m.group(4)}",
+                               text)
+    if count != 1:
+        raise ImageError("the kernel headers' Makefile does not include a "
+                         "linux-headers-*-common tree as expected; cannot build modules "
+                         f"against it (first line: {text.splitlines()[:1]})")
+    return new
+
+
+def kbuild_tree(unpacked: Path, version: str) -> Path:
+    """The flavour headers folder inside ``unpacked`` (linux-headers, -common and
+    linux-kbuild .debs extracted there), made to build from that folder alone."""
+    src = unpacked / "usr/src"
+    kdir = src / f"linux-headers-{version}"
+    makefile = kdir / "Makefile"
+    try:
+        text = makefile.read_text()
+    except OSError as exc:
+        raise ImageError(f"linux-headers-{version} has no Makefile at {makefile}: "
+                         f"{exc.strerror}") from exc
+    makefile.write_text(relocate_headers_makefile(text, src.resolve()))
+    return kdir

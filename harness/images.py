@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness import apt, kernel
+from harness import apt, apt_sources, kernel
 from harness.cpio import CpioWriter
 from harness.errors import EnvironmentProblem, ImageError
 from harness.paths import cache_root, source_root
@@ -420,10 +420,11 @@ def _build_rootfs(recipe: Recipe, stage: Path, kver: str, src: Path, out: Path, 
     """The 'full' flavor: a Debian system made by mmdebstrap, as an ext4 image."""
     mm = _tool("mmdebstrap", "mmdebstrap")
     mkfs = _tool("mkfs.ext4", "e2fsprogs")
-    sources = Path("/etc/apt/sources.list.d/debian.sources")
-    if not sources.exists():
-        sources = Path("/etc/apt/sources.list")
-    suite = _suite()
+    suite = apt_sources.codename()
+    # the machine's own mirrors for this release, from apt's configuration, whatever
+    # files they live in; third-party repositories stay out of the guest
+    sources = work / "mirrors.sources"
+    sources.write_text(apt_sources.render_deb822(apt_sources.release_sources(suite)))
     rootfs = work / "rootfs"
     progress.step(f"full: mmdebstrap {suite} with {len(recipe.rootfs_packages)} packages "
                   "(about a minute)")
@@ -450,12 +451,3 @@ def _build_rootfs(recipe: Recipe, stage: Path, kver: str, src: Path, out: Path, 
     progress.step(f"full: writing the {recipe.rootfs_size_mb} MiB ext4 image")
     _run([mkfs, "-q", "-F", "-L", "harness-root", "-d", str(rootfs), str(out / "rootfs.img"),
           f"{recipe.rootfs_size_mb}M"], "mkfs.ext4")
-
-
-def _suite() -> str:
-    try:
-        text = Path("/etc/os-release").read_text()
-    except OSError:
-        return "bookworm"
-    m = re.search(r"^VERSION_CODENAME=(\w+)", text, re.M)
-    return m.group(1) if m else "bookworm"

@@ -97,8 +97,8 @@ def install_modules(src_root: Path, version: str, wanted: list[str], dest_root: 
     return paths
 
 
-_INCLUDE = re.compile(r"^([ \t]*include[ \t]+)(\S*/)(linux-headers-[^/\s]+-common)(/Makefile)[ \t]*$",
-                      re.M)
+_INCLUDE = re.compile(
+    r"^([ \t]*include[ \t]+)(\S*/)(linux-headers-[^/\s]+-common)(/Makefile)[ \t]*$", re.M)
 
 
 def relocate_headers_makefile(text: str, src_dir: Path) -> str:

@@ -29,13 +29,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness import apt_sources
 from harness.errors import EnvironmentProblem, ImageError
 from harness.images import read_recipe
 from harness.paths import cache_root, source_root
 from harness.progress import Progress, Silent
 
 RECIPE_KEYS = {"description", "source", "binary", "build_deps", "configure"}
-DEB_SRC_FILE = Path("/etc/apt/sources.list.d/harness-deb-src.sources")
 _NINJA_STEP = re.compile(r"^\[(\d+)/(\d+)\]")
 
 
@@ -83,26 +83,6 @@ def build_key(version: str, recipe: QemuRecipe) -> str:
     return h.hexdigest()[:16]
 
 
-def deb_src_stanzas(sources_text: str) -> list[str]:
-    """deb822 stanzas of ``sources_text`` that offer binaries, turned into deb-src ones."""
-    out = []
-    for stanza in re.split(r"\n\s*\n", sources_text.strip()):
-        fields = dict(re.findall(r"^([A-Za-z-]+):[ \t]*(.*)$", stanza, re.M))
-        types = fields.get("Types", "").split()
-        if "deb" in types and "deb-src" not in types:
-            kept = [line for line in stanza.splitlines()
-                    if line.strip() and not line.lstrip().startswith("#")]
-            out.append("\n".join("Types: deb-src" if line.startswith("Types:") else line
-                                 for line in kept))
-    return out
-
-
-def deb_src_lines(list_text: str) -> list[str]:
-    """One-line-format ``deb`` entries of a sources.list turned into ``deb-src`` ones."""
-    return ["deb-src" + line.strip()[3:] for line in list_text.splitlines()
-            if line.strip().startswith("deb ")]
-
-
 def ninja_progress(line: str) -> tuple[int, int] | None:
     """(done, total) from a ninja status line such as ``[12/345] Compiling ...``."""
     m = _NINJA_STEP.match(line)
@@ -118,8 +98,14 @@ def _cmd(argv: list[str], what: str, cwd: Path | None = None) -> subprocess.Comp
         raise EnvironmentProblem(f"{argv[0]} is not installed; it is needed to {what}") from exc
 
 
-APT_STATE = (Path("/etc/apt/sources.list"), Path("/etc/apt/sources.list.d"),
-             Path("/var/lib/apt/lists"))
+def apt_state() -> tuple[Path, ...]:
+    """What decides apt's answers: every sources file and the package lists."""
+    return (*apt_sources.source_files(), apt_sources.lists_dir())
+
+
+def deb_src_file() -> Path:
+    """The deb-src entry the harness adds when the machine has none."""
+    return apt_sources.sourceparts_dir() / "harness-deb-src.sources"
 
 
 def apt_fingerprint(paths: tuple[Path, ...]) -> str:
@@ -145,7 +131,7 @@ def source_version(recipe: QemuRecipe) -> str | None:
     from and asked again once that state changes. A missing answer is never kept.
     """
     memo = qemu_dir() / "source-version.json"
-    key = f"{recipe.source} {apt_fingerprint(APT_STATE)}"
+    key = f"{recipe.source} {apt_fingerprint(apt_state())}"
     try:
         saved = json.loads(memo.read_text())
         if saved.get("key") == key:
@@ -172,31 +158,18 @@ def ensure_deb_src(recipe: QemuRecipe, progress: Progress) -> str:
     if os.geteuid() != 0:
         raise EnvironmentProblem("apt has no deb-src entry for the QEMU source; run "
                                  "'harness qemu build' as root so it can add one")
-    stanzas: list[str] = []
-    for f in sorted(Path("/etc/apt/sources.list.d").glob("*.sources")):
-        if f != DEB_SRC_FILE:
-            stanzas += deb_src_stanzas(f.read_text())
-    lines: list[str] = []
-    for f in [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d")
-                                                     .glob("*.list"))]:
-        if f.exists():
-            lines += deb_src_lines(f.read_text())
-    if not stanzas and not lines:
-        raise EnvironmentProblem("no apt sources to derive a deb-src entry from; add a "
-                                 "deb-src line for Debian to /etc/apt/sources.list")
-    progress.step(f"adding a deb-src entry ({DEB_SRC_FILE}) and updating apt")
-    if stanzas:
-        DEB_SRC_FILE.write_text("# written by harness qemu build: source packages from the "
-                                "machine's own mirrors\n" + "\n\n".join(stanzas) + "\n")
-    if lines:
-        DEB_SRC_FILE.with_suffix(".list").write_text("\n".join(lines) + "\n")
+    deb_src = deb_src_file()
+    entries = apt_sources.release_sources(apt_sources.codename(), "deb-src", skip=(deb_src,))
+    progress.step(f"adding a deb-src entry ({deb_src}) and updating apt")
+    deb_src.write_text("# written by harness qemu build: source packages from the "
+                       "machine's own mirrors\n" + apt_sources.render_deb822(entries))
     res = _cmd(["apt-get", "update", "-q"], "update apt's package lists")
     if res.returncode != 0:
         raise EnvironmentProblem(f"apt-get update failed: {_last_line(res)}")
     version = source_version(recipe)
     if not version:
         raise ImageError(f"apt cannot find the source package '{recipe.source}' even with "
-                         f"a deb-src entry ({DEB_SRC_FILE}); check the machine's apt sources")
+                         f"a deb-src entry ({deb_src}); check the machine's apt sources")
     return version
 
 

@@ -9,20 +9,6 @@ import pytest
 from harness import config, host, qemu_build
 from harness.errors import EnvironmentProblem, ImageError
 
-SOURCES = """\
-Types: deb
-# http://snapshot.debian.org/archive/debian/20250520T000000Z
-URIs: http://deb.debian.org/debian
-Suites: bookworm bookworm-updates
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-
-Types: deb deb-src
-URIs: http://example.invalid/debian
-Suites: bookworm
-Components: main
-"""
-
 
 def _recipe(tmp_path: Path, patches: dict[str, str], extra: str = "") -> qemu_build.QemuRecipe:
     folder = tmp_path / "images" / "qemu"
@@ -32,21 +18,6 @@ def _recipe(tmp_path: Path, patches: dict[str, str], extra: str = "") -> qemu_bu
         (folder / "patches" / name).write_text(text)
     (tmp_path / "guest").mkdir()
     return qemu_build.load_recipe(tmp_path)
-
-
-def test_deb_src_from_the_machines_own_sources() -> None:
-    stanzas = qemu_build.deb_src_stanzas(SOURCES)
-    # the stanza that already has deb-src is left alone; comments are dropped
-    assert len(stanzas) == 1
-    assert stanzas[0].splitlines()[0] == "Types: deb-src"
-    assert "URIs: http://deb.debian.org/debian" in stanzas[0]
-    assert "Suites: bookworm bookworm-updates" in stanzas[0]
-    assert "#" not in stanzas[0]
-
-
-def test_deb_src_from_one_line_format() -> None:
-    text = "# comment\ndeb http://deb.debian.org/debian bookworm main\ndeb-src x y z\n"
-    assert qemu_build.deb_src_lines(text) == ["deb-src http://deb.debian.org/debian bookworm main"]
 
 
 def test_patched_files_are_read_from_the_diff() -> None:
@@ -131,7 +102,7 @@ def test_source_version_is_remembered_until_apt_changes(
     lists = tmp_path / "lists"
     lists.mkdir()
     (lists / "deb.debian.org_Sources").write_text("one")
-    monkeypatch.setattr(qemu_build, "APT_STATE", (tmp_path / "sources.list", lists))
+    monkeypatch.setattr(qemu_build, "apt_state", lambda: (tmp_path / "sources.list", lists))
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
     asked: list[str] = []
     answer = {"uri": "'http://x/pool/q/qemu_1%3a7.2%2bdfsg-7.dsc' qemu.dsc 1 SHA256:0"}

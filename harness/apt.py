@@ -12,6 +12,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness import procs
 from harness.errors import EnvironmentProblem, ImageError
 
 
@@ -28,7 +29,7 @@ class Package:
 
 def _run(argv: list[str], what: str, cwd: Path | None = None) -> str:
     try:
-        res = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False)
+        res = procs.run(argv, cwd=cwd)
     except FileNotFoundError as exc:
         raise EnvironmentProblem(f"{argv[0]} is not installed; it is needed to {what} "
                                  "(run scripts/setup)") from exc

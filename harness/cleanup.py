@@ -2,7 +2,12 @@
 
 Works only from the state directory (never from memory), so the same code serves
 ``harness down``, a Ctrl-C, the end of a test session and ``harness gc`` after a
-crash. Every step tolerates a resource that is already gone; kills are confirmed.
+crash. Every step tolerates a resource that is already gone, and runs whatever the
+step before it raised; kills are confirmed.
+
+What belongs to a testbed is decided by whole path components (testbed ``tb`` never
+matches ``tb2``'s QEMU) and, for host-wide names, by claims (claims.py): nothing
+that a live harness process is still creating is ever removed.
 """
 
 from __future__ import annotations
@@ -14,12 +19,13 @@ import re
 import shutil
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import net
+from harness import claims, net
 from harness.plan import NETNS_PREFIX, TAP_PREFIX
-from harness.state import TestbedState, all_states
+from harness.state import Resource, TestbedState, all_states, unfinished
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +48,8 @@ class Removed:
         return len(self.processes) + len(self.links) + len(self.namespaces) + len(self.dirs)
 
 
-def _cmdline(pid: int) -> str:
+def cmdline(pid: int) -> str:
+    """A process's command line, arguments joined by spaces ('' when it is gone)."""
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(
             errors="replace")
@@ -50,13 +57,27 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def processes_matching(text: str) -> list[int]:
-    """QEMU processes whose command line names ``text`` (a testbed's state folder)."""
+def names_path(cmdline: str, folder: str) -> bool:
+    """Does ``cmdline`` name ``folder`` or a path inside it, as whole path components?
+
+    QEMU's command line holds the state folder in options such as
+    ``path=/state/tb/a/console.sock``: ``/state/tb`` is named there, ``/state/t`` and
+    ``/state/tb2`` are not.
+    """
+    folder = folder.rstrip("/")
+    if not folder:
+        return False
+    return re.search(rf"(?:^|[\s=,:]){re.escape(folder)}(?:/|[\s,:]|$)", cmdline) is not None
+
+
+def processes_matching(folder: str) -> list[int]:
+    """QEMU processes whose command line names ``folder`` (a state folder) or a path
+    inside it."""
     pids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit() and int(entry.name) != os.getpid():
-            cmd = _cmdline(int(entry.name))
-            if "qemu-system" in cmd and text in cmd:
+            cmd = cmdline(int(entry.name))
+            if "qemu-system" in cmd and names_path(cmd, folder):
                 pids.append(int(entry.name))
     return pids
 
@@ -84,28 +105,53 @@ def kill_confirmed(pids: list[int], timeout: float = 5.0) -> list[int]:
     return [p for p in pids if p not in left]
 
 
+def _step(what: str, fn: Callable[[], object]) -> None:
+    """One teardown step: a failure is logged and the next step still runs."""
+    try:
+        fn()
+    except Exception as exc:  # teardown must go on whatever one step raised
+        log.warning("teardown: %s failed: %s", what, exc)
+
+
 def teardown(st: TestbedState) -> Removed:
     """Remove everything recorded for a testbed, newest first, then its folder."""
     out = Removed()
     resources = st.resources()
-    pids = {int(r.name) for r in resources if r.kind == "process"
-            and r.match and r.match in _cmdline(int(r.name))}
-    pids.update(processes_matching(str(st.dir)))
-    out.processes = kill_confirmed(sorted(pids))
+
+    def kill() -> None:
+        pids = {int(r.name) for r in resources if r.kind == "process" and r.match
+                and names_path(cmdline(int(r.name)), r.match)}
+        pids.update(processes_matching(str(st.dir)))
+        out.processes = kill_confirmed(sorted(pids))
+
+    _step("killing QEMU", kill)
     for r in reversed(resources):
         if r.kind == "tap":
-            if net.delete_link(r.name) or (r.netns and net.delete_link(r.name, r.netns)):
-                out.links.append(r.name)
-        elif r.kind == "netns" and net.delete_netns(r.name):
-            out.namespaces.append(r.name)
+            def tap(r: Resource = r) -> None:
+                if net.delete_link(r.name) or (r.netns and net.delete_link(r.name, r.netns)):
+                    out.links.append(r.name)
+                _release_mine(r.name, st)
+            _step(f"deleting tap {r.name}", tap)
+        elif r.kind == "netns":
+            def ns(r: Resource = r) -> None:
+                if net.delete_netns(r.name):
+                    out.namespaces.append(r.name)
+                _release_mine(r.name, st)
+            _step(f"deleting namespace {r.name}", ns)
     for r in resources:
         if r.kind == "dir" and Path(r.name).exists():
-            shutil.rmtree(r.name, ignore_errors=True)
+            _step(f"removing {r.name}", lambda r=r: shutil.rmtree(r.name, ignore_errors=True))
             out.dirs.append(r.name)
     if st.dir.exists():
         shutil.rmtree(st.dir, ignore_errors=True)
         out.dirs.append(str(st.dir))
     return out
+
+
+def _release_mine(name: str, st: TestbedState) -> None:
+    c = claims.owner(name)
+    if c is not None and Path(c.state_dir) == st.dir:
+        claims.release(name)
 
 
 def taps_named(cmdline: str) -> set[str]:
@@ -119,39 +165,56 @@ def taps_in_use(ignore: str = "") -> set[str]:
     used: set[str] = set()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
-            cmd = _cmdline(int(entry.name))
-            if "qemu-system" in cmd and not (ignore and ignore in cmd):
+            cmd = cmdline(int(entry.name))
+            if "qemu-system" in cmd and not (ignore and names_path(cmd, ignore)):
                 used |= taps_named(cmd)
     return used
 
 
 def gc(everything: bool = False) -> Removed:
     """Remove testbeds whose owner died without cleaning up (or all with ``everything``),
-    plus harness-named taps and namespaces that no live testbed claims.
+    plus harness-named taps and namespaces that nobody owns.
 
-    A tap or namespace that a running QEMU still uses is never touched, even when this
-    state folder does not know it: another user, or a run with another HARNESS_STATE,
-    owns it.
+    Never removed: a tap or namespace a running QEMU uses (whoever started it), one
+    with a live claim (a harness still creating it, from any state folder), or one a
+    live testbed of this state folder records. Names are listed *before* the state
+    folders are read: a testbed records a name before it creates it, so a name that
+    exists at listing time is seen in its record.
     """
     out = Removed()
+    namespaces = net.list_netns(NETNS_PREFIX)
+    taps = net.list_links(TAP_PREFIX)
+    for d in unfinished():
+        shutil.rmtree(d, ignore_errors=True)
+        out.dirs.append(str(d))
     live_names: set[str] = set()
     for st in all_states():
         abandoned = not st.detached and not st.owner_alive()
-        if everything or abandoned or not st.meta:
+        if everything or abandoned:
             out.extend(teardown(st))
         else:
             live_names.add(st.name)
             live_names.update(str(r.name) for r in st.resources())
     used = taps_in_use()
-    for ns in net.list_netns(NETNS_PREFIX):
-        if ns in live_names or ns.removeprefix(NETNS_PREFIX) in live_names:
+
+    def owned(name: str) -> bool:
+        c = claims.owner(name)
+        return name in live_names or (c is not None and c.live())
+
+    for ns in namespaces:
+        if owned(ns) or ns.removeprefix(NETNS_PREFIX) in live_names:
             continue
         if set(net.list_links(TAP_PREFIX, ns)) & used:
             log.info("keeping namespace %s: a running QEMU uses its taps", ns)
             continue
         if net.delete_netns(ns):
             out.namespaces.append(ns)
-    for tap in net.list_links(TAP_PREFIX):
-        if tap not in live_names and tap not in used and net.delete_link(tap):
+        claims.release(ns)
+    for tap in taps:
+        if not owned(tap) and tap not in used and net.delete_link(tap):
             out.links.append(tap)
+            claims.release(tap)
+    for c in claims.all_claims():  # claims whose owner died and whose object is gone
+        if not c.live() and c.name not in namespaces and c.name not in taps:
+            claims.release(c.name)
     return out

@@ -16,14 +16,18 @@ import signal
 import socket
 import sys
 import termios
+import traceback
 import tty
 from pathlib import Path
 from typing import NoReturn
 
+from rich.logging import RichHandler
+
 from harness import __version__, cleanup, config, images, state
+from harness.config import ACCELS
 from harness.errors import ConfigError, HarnessError
 from harness.output import Output
-from harness.testbed import Testbed
+from harness.testbed import Testbed, require_root
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -35,12 +39,33 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"harness: error: {message} (see 'harness --help')\n")
 
 
+def _global_options(p: argparse.ArgumentParser, defaults: bool) -> None:
+    """--json, -v and --accel, accepted before the command and after it (as users type
+    them); after the command they only count when given (SUPPRESS keeps the first)."""
+    d: dict[str, object] = {} if defaults else {"default": argparse.SUPPRESS}
+    p.add_argument("--json", action="store_true", help="print results as JSON on stdout",
+                   **d)
+    p.add_argument("-v", "--verbose", action="store_true", help="log what the harness does",
+                   **d)
+    p.add_argument("--accel", choices=ACCELS, help="accelerator for every guest started "
+                   "(overrides HARNESS_ACCEL and the spec's accel)",
+                   **({"default": None} if defaults else d))
+
+
+class _SubParser(_Parser):
+    """A subcommand's parser: knows the global options too."""
+
+    def __init__(self, *args: object, **kw: object) -> None:
+        super().__init__(*args, **kw)  # type: ignore[arg-type]
+        if self.prog.count(" ") == 1:  # 'harness CMD', not deeper levels
+            _global_options(self, defaults=False)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="harness", description="QEMU testbeds for kernel-bypass research.")
     p.add_argument("--version", action="version", version=f"harness {__version__}")
-    p.add_argument("--json", action="store_true", help="print results as JSON on stdout")
-    p.add_argument("-v", "--verbose", action="store_true", help="log what the harness does")
-    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+    _global_options(p, defaults=True)
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_SubParser)
 
     up = sub.add_parser("up", help="start a testbed from a TOML spec and leave it running")
     up.add_argument("spec", nargs="?", type=Path, help="spec file (default: the demo spec)")
@@ -169,16 +194,27 @@ def _show_testbed(tb: Testbed, out: Output) -> None:
 
 
 def cmd_down(args: argparse.Namespace, out: Output) -> int:
+    require_root()
     names = [s.name for s in state.all_states()] if args.all else [_pick_testbed(args.testbed)]
     rows = []
+    failed: list[str] = []
     for name in names:
-        tb = Testbed.attach(name)
-        removed = tb.down()
-        rows.append([name, len(tb.guests), len(removed.processes), len(removed.links),
-                     len(removed.namespaces), len(removed.dirs)])
+        try:
+            tb = Testbed.attach(name)
+            removed = tb.down()
+            rows.append([name, len(tb.guests), len(removed.processes), len(removed.links),
+                         len(removed.namespaces), len(removed.dirs), "removed"])
+        except HarnessError as exc:
+            if not args.all:
+                raise
+            # one broken state folder must not keep the others running
+            removed = cleanup.teardown(state.find(name))
+            failed.append(name)
+            rows.append([name, "-", len(removed.processes), len(removed.links),
+                         len(removed.namespaces), len(removed.dirs), f"broken: {exc}"])
     out.table("removed", "removed", ["testbed", "guests", "killed", "taps", "namespaces",
-                                     "dirs"], rows)
-    return 0
+                                     "dirs", "result"], rows)
+    return EXIT_ERROR if failed else 0
 
 
 def cmd_status(args: argparse.Namespace, out: Output) -> int:
@@ -392,14 +428,17 @@ def cmd_demo(args: argparse.Namespace, out: Output) -> int:
                   ["ping_sent", "ping_received", "rtt_avg_ms", "tcp_mbit_s", "b_rx_queues_used"],
                   [[tr.sent, tr.received, tr.rtt_avg_ms, round(tr.tcp_mbit, 1),
                     tr.rx_queues_used]])
-    finally:
-        removed = tb.down()
+    except BaseException as exc:
+        tb.down(error=exc)
+        raise
+    removed = tb.down()
     out.line(f"torn down: {len(tb.guests)} guests, {len(removed.links)} taps, "
              f"{len(removed.namespaces)} namespace")
     return 0 if tr.received == tr.sent else EXIT_ERROR
 
 
 def cmd_gc(args: argparse.Namespace, out: Output) -> int:
+    require_root()
     removed = cleanup.gc(everything=args.all)
     out.table("removed", "gc", ["processes", "taps", "namespaces", "dirs"],
               [[len(removed.processes), len(removed.links), len(removed.namespaces),
@@ -562,14 +601,22 @@ def _on_sigterm(signum: int, frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    out = Output(json_mode=args.json)
-    if args.verbose:
-        from rich.logging import RichHandler
-
-        logging.basicConfig(level=logging.DEBUG, handlers=[RichHandler(console=out.err)],
-                            format="%(name)s: %(message)s")
+    # Ctrl-C and SIGTERM both mean "clean up and leave", whatever this process
+    # inherited: a shell starting a background job without job control sets SIGINT to
+    # "ignore", and Python then keeps it ignored
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        args = build_parser().parse_args(argv)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    out = Output(json_mode=args.json)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        handlers=[RichHandler(console=out.err, show_time=False,
+                                              show_path=False)],
+                        format="%(name)s: %(message)s")
+    if args.accel:
+        os.environ["HARNESS_ACCEL"] = args.accel  # every testbed this command starts
     try:
         code = COMMANDS[args.cmd](args, out)
         out.flush()
@@ -580,6 +627,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("harness: interrupted; what this run started was removed", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as exc:  # a bug: still one line, the traceback only with -v
+        if args.verbose:
+            traceback.print_exc()
+        print(f"harness: internal error: {type(exc).__name__}: {exc} (run with -v for "
+              "the traceback)", file=sys.stderr)
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

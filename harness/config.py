@@ -295,12 +295,36 @@ def parse_dict(raw: dict[str, Any], *, default_name: str = "testbed") -> Testbed
     )
 
 
+def to_dict(cfg: TestbedConfig) -> dict[str, Any]:
+    """The config as spec data again: ``parse_dict(to_dict(cfg)) == cfg`` for every
+    config (a state folder keeps this to rebuild the plan when attaching)."""
+    def nic(n: NicConfig) -> dict[str, Any]:
+        out: dict[str, Any] = {"network": n.network, "queues": n.queues, "iommu": n.iommu,
+                               "drop_when_full": n.drop_when_full,
+                               "rx_ring_size": n.rx_ring_size,
+                               "netem": {k: v for k, v in vars(n.netem).items() if v}}
+        if n.address is not None:
+            out["address"] = str(n.address)
+        return out
+
+    return {
+        "name": cfg.name, "accel": cfg.accel, "boot_timeout_s": cfg.boot_timeout_s,
+        "network": [{"name": n.name, "subnet": str(n.subnet)} for n in cfg.networks],
+        "guest": [{"name": g.name, "vcpus": g.vcpus, "memory": g.memory_mb, "image": g.image,
+                   "cpu_features": list(g.cpu_features), "nic": [nic(n) for n in g.nics]}
+                  for g in cfg.guests],
+    }
+
+
 def load(path: Path) -> TestbedConfig:
     """Read a spec file; the file stem is the default testbed name."""
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read spec file {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"spec file {path} is not UTF-8 text (byte {exc.start}); save it "
+                          "as UTF-8") from exc
     stem = re.sub(r"[^a-z0-9-]", "-", path.stem.lower())[:15].strip("-") or "testbed"
     if not stem[0].isalpha():
         stem = "t" + stem[:14]

@@ -54,6 +54,6 @@ def run_demo(progress: Progress) -> tuple[Testbed, Traffic]:
     try:
         progress.step("sending traffic between the guests over the data NICs")
         return tb, traffic(tb.guest("a"), tb.guest("b"))
-    except BaseException:
-        tb.down()
+    except BaseException as exc:
+        tb.down(error=exc)
         raise

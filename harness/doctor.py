@@ -31,11 +31,10 @@ def run_checks() -> list[Check]:
     except HarnessError as exc:
         return [Check("qemu", False, str(exc), "scripts/setup")]
     checks.append(Check("qemu", True, f"{qemu} {host.qemu_version(qemu)}"))
-    for accel in ("kvm", "tcg"):
-        p = host.probe_accel(qemu, accel)
-        fix = "" if p.works else ("guests use TCG instead (slower, fully supported)"
-                                  if accel == "kvm" else "reinstall qemu-system-x86")
-        checks.append(Check(f"accel {accel}", p.works, p.detail, fix))
+    tcg = host.probe_accel(qemu, "tcg")
+    checks.append(Check("accel tcg", tcg.works, tcg.detail,
+                        "" if tcg.works else "reinstall qemu-system-x86"))
+    checks.append(_kvm(qemu))
     flags = host.cpu_flags(qemu)
     for f in feature_names():
         ok = f in flags
@@ -80,6 +79,22 @@ def run_checks() -> list[Check]:
                         "" if free > 5 else "free space: the full image needs ~3 GiB"))
     checks.append(Check("state dir", True, str(state_root())))
     return checks
+
+
+def _kvm(qemu: str) -> Check:
+    """KVM in one of its states: absent, refusing, present but unable to boot Linux,
+    or booting the guests' kernel (the only state in which guests use it)."""
+    reset = host.probe_accel(qemu, "kvm")
+    fallback = "guests use TCG instead (slower, fully supported)"
+    if not reset.works:
+        return Check("accel kvm", False, reset.detail, fallback)
+    built = {i.flavor: i for i in images.list_images()}
+    img = built.get("minimal") or next(iter(built.values()), None)
+    if img is None:
+        return Check("accel kvm", False, "runs guest code; Linux boot not probed yet (no "
+                     "image built)", "harness image build minimal, then doctor again")
+    linux = host.probe_kvm_linux(qemu, img.boot.kernel)
+    return Check("accel kvm", linux.works, linux.detail, "" if linux.works else fallback)
 
 
 def _project_qemu() -> Check:

@@ -24,7 +24,17 @@ from __future__ import annotations
 
 
 class HarnessError(Exception):
-    """Root of all deliberate harness errors."""
+    """Root of all deliberate harness errors.
+
+    ``evidence`` names a folder where the logs of the failed run were kept (set by
+    the testbed's teardown; empty when there were none).
+    """
+
+    evidence: str = ""
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        return f"{text} (logs kept in {self.evidence})" if self.evidence else text
 
 
 class ConfigError(HarnessError):
@@ -44,14 +54,23 @@ class NetError(HarnessError):
 
 
 class GuestError(HarnessError):
-    """A guest did not behave as expected."""
+    """A guest did not behave as expected.
+
+    ``console_log`` names the guest's console log; when a failed testbed is torn
+    down its logs are copied first and this is pointed at the copy, so the message
+    always names a file that still exists.
+    """
 
     def __init__(self, message: str, *, guest: str = "", console_log: str = "") -> None:
-        if console_log:
-            message = f"{message} (console log: {console_log})"
         super().__init__(message)
+        self.message = message
         self.guest = guest
         self.console_log = console_log
+
+    def __str__(self) -> str:
+        if self.console_log:
+            return f"{self.message} (console log: {self.console_log})"
+        return self.message
 
 
 class BootTimeout(GuestError):

@@ -431,7 +431,10 @@ class Guest:
         if self.phase is Phase.STOPPED:
             return
         if self._ssh is not None:
-            self._ssh.close()
+            try:
+                self._ssh.close()
+            except Exception as exc:  # a dead transport must not keep QEMU running
+                log.debug("%s: ssh close: %s", self.name, exc)
             self._ssh = None
         if self.alive():
             try:

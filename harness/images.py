@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness import apt, apt_sources, kernel
+from harness import apt, apt_sources, kernel, procs
 from harness.cpio import CpioWriter
 from harness.errors import EnvironmentProblem, ImageError
 from harness.paths import cache_root, source_root
@@ -152,14 +152,25 @@ def images_dir() -> Path:
     return cache_root() / "images"
 
 
+def read_manifest(folder: Path) -> dict[str, Any] | None:
+    """An image folder's manifest, or None when it is missing or damaged (a disk that
+    filled up, an edit by hand): such a folder counts as not built."""
+    try:
+        m = json.loads((folder / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(m, dict) and all(isinstance(m.get(k), str)
+                                     for k in ("flavor", "digest", "cmdline", "kernel"))
+    return m if ok else None
+
+
 def list_images() -> list[Image]:
     out = []
     root = images_dir()
     if root.is_dir():
         for d in sorted(root.iterdir()):
-            mf = d / "manifest.json"
-            if d.is_dir() and mf.exists():
-                m = json.loads(mf.read_text())
+            m = read_manifest(d) if d.is_dir() and not d.name.startswith(".") else None
+            if m is not None:
                 out.append(Image(flavor=m["flavor"], path=d, digest=m["digest"], manifest=m))
     return out
 
@@ -172,10 +183,12 @@ def clean(keep_current: bool = False) -> list[Path]:
             with suppress(ImageError):
                 current.add(_image_path(flavor))
     removed = []
-    for img in list_images():
-        if img.path not in current:
-            shutil.rmtree(img.path)
-            removed.append(img.path)
+    folders = sorted(images_dir().iterdir()) if images_dir().is_dir() else []
+    for d in folders:  # damaged image folders (no readable manifest) go too
+        if (d.is_dir() and not d.name.startswith(".") and d.name != "debs"
+                and d not in current):
+            shutil.rmtree(d)
+            removed.append(d)
     if not keep_current and (cache_root() / "debs").exists():
         shutil.rmtree(cache_root() / "debs")
         removed.append(cache_root() / "debs")
@@ -211,9 +224,12 @@ def get(flavor: str, *, build: bool = True, force: bool = False,
     digest = input_digest(recipe, versions, src)
     dest = images_dir() / f"{flavor}-{digest}"
     with _lock(flavor):
-        if dest.exists() and not force:
-            m = json.loads((dest / "manifest.json").read_text())
+        m = read_manifest(dest) if dest.exists() and not force else None
+        if m is not None:
             return Image(flavor=flavor, path=dest, digest=digest, manifest=m)
+        if dest.exists() and not force:
+            progress.warn(f"image {dest.name} is damaged (no readable manifest); "
+                          "building it again")
         if not build:
             raise ImageError(f"image '{flavor}' is not built for the current inputs; "
                              f"run 'harness image build {flavor}'")
@@ -227,8 +243,25 @@ def get(flavor: str, *, build: bool = True, force: bool = False,
                 shutil.rmtree(dest)
             os.rename(tmp, dest)
         finally:
+            unmount_below(tmp)
             shutil.rmtree(tmp, ignore_errors=True)
     return Image(flavor=flavor, path=dest, digest=digest, manifest=manifest)
+
+
+def unmount_below(folder: Path) -> None:
+    """Unmount whatever is mounted at or below ``folder`` (deepest first), so removing
+    it can never reach into /proc, /sys or /dev of the host: mmdebstrap mounts those in
+    the root it builds and may be stopped before it unmounts them."""
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return
+    top = str(folder.resolve())
+    points = [ln.split()[4].encode().decode("unicode_escape") for ln in lines
+              if len(ln.split()) > 4]
+    for point in sorted((p for p in points if p == top or p.startswith(top + "/")),
+                        key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True, check=False)
 
 
 # --- building --------------------------------------------------------------------
@@ -241,8 +274,8 @@ def _tool(name: str, package: str) -> str:
     return path
 
 
-def _run(argv: list[str], what: str, **kw: object) -> None:
-    res = subprocess.run(argv, capture_output=True, text=True, check=False, **kw)  # type: ignore[call-overload]
+def _run(argv: list[str], what: str, cwd: Path | None = None) -> None:
+    res = procs.run(argv, cwd=cwd)
     if res.returncode != 0:
         tail = (res.stderr.strip() or res.stdout.strip()).splitlines()[-3:]
         raise ImageError(f"{what} failed: {' | '.join(tail)}")

@@ -107,3 +107,9 @@ class StepProgress:
     def advance(self, amount: float = 1) -> None:
         if self._rich is not None and self._task is not None:
             self._rich.advance(self._task, amount)
+
+    def warn(self, text: str) -> None:
+        if self._rich is not None:
+            self._rich.console.print(f"harness: warning: {text}", highlight=False)
+        else:
+            print(f"harness: warning: {text}", file=sys.stderr, flush=True)

@@ -1,7 +1,9 @@
 """Where the harness keeps things: source tree, image cache, testbed state.
 
 Environment variables override the defaults so tests and CI can isolate runs:
-HARNESS_CACHE (images, downloads), HARNESS_STATE (running testbeds).
+HARNESS_CACHE (images, downloads), HARNESS_STATE (running testbeds), HARNESS_RESULTS
+(logs kept from failed runs, benchmark results), HARNESS_RUN (host-wide claims on
+namespace and tap names, shared by every state folder on the machine).
 """
 
 from __future__ import annotations
@@ -37,3 +39,16 @@ def state_root() -> Path:
         return Path(env)
     xdg = os.environ.get("XDG_STATE_HOME")
     return (Path(xdg) if xdg else Path.home() / ".local/state") / "harness"
+
+
+def results_root() -> Path:
+    """Where failure evidence and results go: HARNESS_RESULTS, else ./results."""
+    return Path(os.environ.get("HARNESS_RESULTS") or "results").absolute()
+
+
+def run_root() -> Path:
+    """Host-wide runtime folder (tmpfs, gone at reboot like the namespaces it tracks)."""
+    env = os.environ.get("HARNESS_RUN")
+    if env:
+        return Path(env)
+    return Path("/run/harness") if os.geteuid() == 0 else state_root() / ".run"

@@ -8,6 +8,8 @@
     guest            the first guest of ``testbed``
     shared_testbed() a context manager for module-scoped fixtures that share one
                      testbed between tests (same log keeping, same cleanup)
+    kept_testbeds()  state folders of the shared testbeds alive right now (a leak
+                     check must not count them)
 
 Console logs of failing tests are attached to the report and copied to
 ``--harness-artifacts`` (default: results/).
@@ -23,8 +25,10 @@ from pathlib import Path
 
 import pytest
 
-from harness import config
+from harness import config, net
+from harness.cleanup import processes_matching
 from harness.guest import Guest
+from harness.plan import TAP_PREFIX
 from harness.testbed import Testbed
 
 DEFAULT_SPEC = """
@@ -99,17 +103,42 @@ def save_logs(tb: Testbed, request: pytest.FixtureRequest) -> list[Guest]:
     return saved
 
 
+_KEPT = pytest.StashKey[set[Path]]()
+
+
+def kept_testbeds(request: pytest.FixtureRequest) -> frozenset[Path]:
+    return frozenset(request.session.stash.get(_KEPT, set()))
+
+
 @contextmanager
 def shared_testbed(request: pytest.FixtureRequest, spec: str, name: str) -> Iterator[Testbed]:
     """A testbed for a module- or session-scoped fixture: logs kept if any test failed."""
     failed_before = request.session.testsfailed
     tb = Testbed.up(config.parse(spec, default_name=name))
+    kept = request.session.stash.setdefault(_KEPT, set())
+    kept.add(tb.state.dir)
     try:
         yield tb
     finally:
         if request.session.testsfailed > failed_before:
             save_logs(tb, request)
+        kept.discard(tb.state.dir)
         tb.down()
+        left = remains(tb)
+        if left:
+            pytest.fail(f"shared testbed {tb.name} left {', '.join(left)}", pytrace=False)
+
+
+def remains(tb: Testbed) -> list[str]:
+    """What of ``tb`` still exists after its teardown: QEMUs, namespace, taps, folder."""
+    left = [f"qemu pid {p}" for p in processes_matching(str(tb.state.dir))]
+    if tb.netns in net.list_netns(tb.netns):
+        left.append(f"netns {tb.netns}")
+    taps = {n.tap for g in tb.plan.guests for n in g.nics}
+    left += [f"tap {t}" for t in net.list_links(TAP_PREFIX) if t in taps]
+    if tb.state.dir.exists():
+        left.append(f"state {tb.state.dir}")
+    return left
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import apt_sources
+from harness import apt_sources, procs
 from harness.errors import EnvironmentProblem, ImageError
 from harness.images import read_recipe
 from harness.paths import cache_root, source_root
@@ -93,7 +93,7 @@ def ninja_progress(line: str) -> tuple[int, int] | None:
 
 def _cmd(argv: list[str], what: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     try:
-        return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False)
+        return procs.run(argv, cwd=cwd)
     except FileNotFoundError as exc:
         raise EnvironmentProblem(f"{argv[0]} is not installed; it is needed to {what}") from exc
 
@@ -393,8 +393,7 @@ def _compile(recipe: QemuRecipe, srcdir: Path, builddir: Path, version: str,
             shutil.rmtree(builddir)
         builddir.mkdir(parents=True)
         progress.step("QEMU: configure")
-        res = subprocess.run([str(srcdir / "configure"), *recipe.configure], cwd=builddir,
-                             env=env, capture_output=True, text=True, check=False)
+        res = procs.run([str(srcdir / "configure"), *recipe.configure], cwd=builddir, env=env)
         if res.returncode != 0:
             (builddir / "configure.log").write_text(res.stdout + res.stderr)
             raise ImageError(f"QEMU configure failed: {_last_line(res)} "
@@ -402,9 +401,8 @@ def _compile(recipe: QemuRecipe, srcdir: Path, builddir: Path, version: str,
         _stamp(builddir).write_text(config_key)
     progress.step(f"QEMU: compiling {recipe.binary}")
     log_path = builddir / "ninja.log.txt"
-    with open(log_path, "w") as log, subprocess.Popen(
-            ["ninja", recipe.binary], cwd=builddir, env=env, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True) as proc:
+    with open(log_path, "w") as log, procs.lines(["ninja", recipe.binary], cwd=builddir,
+                                                  env=env) as proc:
         seen_total, done_before = 0, 0
         for line in proc.stdout or ():
             log.write(line)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -97,27 +99,56 @@ class TestbedState:
         return bool(self.meta.get("detached"))
 
 
+CREATING = ".creating-"  # marks a state folder still being made (hidden, then renamed)
+
+
 def create(name: str, root: Path | None = None) -> TestbedState:
-    """Make the state folder of a new testbed; refuse when one of that name exists."""
+    """Make the state folder of a new testbed; refuse when one of that name exists.
+
+    The folder appears whole: it is made hidden, its testbed.json (with the owner's
+    pid and start time) written, then renamed into place. So no reader, gc included,
+    ever sees a testbed folder without its owner recorded.
+    """
     root = root or state_root()
     root.mkdir(parents=True, exist_ok=True)
     d = root / name
+    pid = os.getpid()
+    st = TestbedState(dir=d, meta={
+        "name": name, "created": time.time(), "detached": False,
+        "owner": {"pid": pid, "start_time": proc_start_time(pid)}, "guests": {},
+    })
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}{CREATING}{pid}-", dir=root))
     try:
-        d.mkdir(mode=0o700)
-    except FileExistsError:
+        (tmp / "testbed.json").write_text(json.dumps(st.meta, indent=2, default=str) + "\n")
+        os.rename(tmp, d)  # atomic; refused when a non-empty folder of that name exists
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not d.exists():
+            raise
         existing = load(d)
         if existing.detached or existing.owner_alive():
             raise StateError(f"testbed '{name}' is already up; use it, or remove it with "
                              f"'harness down {name}'") from None
         raise StateError(f"testbed '{name}' was left behind by a harness that died; "
                          "run 'harness gc' to remove it") from None
-    pid = os.getpid()
-    st = TestbedState(dir=d, meta={
-        "name": name, "created": time.time(), "detached": False,
-        "owner": {"pid": pid, "start_time": proc_start_time(pid)}, "guests": {},
-    })
-    st.save()
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return st
+
+
+def unfinished(root: Path | None = None) -> list[Path]:
+    """Hidden folders of creations whose process died before the rename."""
+    root = root or state_root()
+    if not root.is_dir():
+        return []
+    out = []
+    for d in root.iterdir():
+        if d.name.startswith(".") and CREATING in d.name:
+            pid = d.name.split(CREATING, 1)[1].split("-", 1)[0]
+            if not (pid.isdigit() and process_alive(int(pid), None)):
+                out.append(d)
+    return out
 
 
 def load(d: Path) -> TestbedState:
@@ -142,4 +173,5 @@ def all_states(root: Path | None = None) -> list[TestbedState]:
     root = root or state_root()
     if not root.is_dir():
         return []
-    return [load(d) for d in sorted(root.iterdir()) if d.is_dir()]
+    return [load(d) for d in sorted(root.iterdir())
+            if d.is_dir() and not d.name.startswith(".")]

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from harness import claims, net
 from harness.plan import NETNS_PREFIX, TAP_PREFIX
-from harness.state import Resource, TestbedState, all_states, unfinished
+from harness.state import REMOVING, Resource, TestbedState, all_states, unfinished
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,13 @@ def teardown(st: TestbedState) -> Removed:
             _step(f"removing {r.name}", lambda r=r: shutil.rmtree(r.name, ignore_errors=True))
             out.dirs.append(r.name)
     if st.dir.exists():
-        shutil.rmtree(st.dir, ignore_errors=True)
+        # out of sight first (a hidden name), so no reader sees a half-removed testbed
+        gone = st.dir.with_name(f".{st.dir.name}{REMOVING}{os.getpid()}")
+        try:
+            os.rename(st.dir, gone)
+        except OSError:
+            gone = st.dir
+        shutil.rmtree(gone, ignore_errors=True)
         out.dirs.append(str(st.dir))
     return out
 

@@ -251,8 +251,28 @@ def _status_rows(st: state.TestbedState, tb: Testbed) -> list[list[object]]:
     return rows
 
 
+def _exec_options(args: argparse.Namespace) -> list[str]:
+    """The command after '--'; options written between the guest and '--' (as in
+    'exec GUEST -t NAME -- CMD') are applied, not taken for the command."""
+    rest = list(args.command)
+    if "--" in rest:
+        opts, command = rest[:rest.index("--")], rest[rest.index("--") + 1:]
+        extra = _Parser(prog="harness exec", add_help=False)
+        extra.add_argument("-t", "--testbed")
+        extra.add_argument("--all", action="store_true")
+        extra.add_argument("--timeout", type=float)
+        more, unknown = extra.parse_known_args(opts)
+        if unknown:
+            raise ConfigError(f"exec: unknown option {unknown[0]!r} before '--'")
+        args.testbed = more.testbed or args.testbed
+        args.all = more.all or args.all
+        args.timeout = more.timeout or args.timeout
+        return command
+    return rest
+
+
 def cmd_exec(args: argparse.Namespace, out: Output) -> int:
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    command = _exec_options(args)
     if args.all and args.guest:  # 'exec --all -- CMD': argparse took CMD's first word
         command = [args.guest, *command]
     if not command:
@@ -596,6 +616,22 @@ COMMANDS = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "exec": cmd_ex
             "stats": cmd_stats}
 
 
+def _logging(verbose: bool, out: Output) -> None:
+    """-v: everything, with rich. Otherwise only the harness's own warnings, one line
+    each; libraries (qemu.qmp, paramiko) stay silent, tracebacks included."""
+    root = logging.getLogger()
+    if verbose:
+        root.setLevel(logging.DEBUG)
+        root.addHandler(RichHandler(console=out.err, show_time=False, show_path=False))
+        return
+    root.addHandler(logging.NullHandler())  # no fallback printing for libraries
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("harness: warning: %(message)s"))
+    own = logging.getLogger("harness")
+    own.setLevel(logging.WARNING)
+    own.addHandler(handler)
+
+
 def _on_sigterm(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -611,10 +647,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     out = Output(json_mode=args.json)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        handlers=[RichHandler(console=out.err, show_time=False,
-                                              show_path=False)],
-                        format="%(name)s: %(message)s")
+    _logging(args.verbose, out)
     if args.accel:
         os.environ["HARNESS_ACCEL"] = args.accel  # every testbed this command starts
     try:

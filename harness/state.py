@@ -137,17 +137,21 @@ def create(name: str, root: Path | None = None) -> TestbedState:
     return st
 
 
+REMOVING = ".removing-"  # a torn-down folder, renamed out of sight before its removal
+
+
 def unfinished(root: Path | None = None) -> list[Path]:
-    """Hidden folders of creations whose process died before the rename."""
+    """Hidden folders of creations or removals whose process died half-way."""
     root = root or state_root()
     if not root.is_dir():
         return []
     out = []
-    for d in root.iterdir():
-        if d.name.startswith(".") and CREATING in d.name:
-            pid = d.name.split(CREATING, 1)[1].split("-", 1)[0]
-            if not (pid.isdigit() and process_alive(int(pid), None)):
-                out.append(d)
+    for d in sorted(root.iterdir()):
+        for mark in (CREATING, REMOVING):
+            if d.name.startswith(".") and mark in d.name:
+                pid = d.name.split(mark, 1)[1].split("-", 1)[0]
+                if not (pid.isdigit() and process_alive(int(pid), None)):
+                    out.append(d)
     return out
 
 
@@ -156,7 +160,8 @@ def load(d: Path) -> TestbedState:
         meta = json.loads((d / "testbed.json").read_text())
     except (OSError, ValueError):
         meta = {}
-    return TestbedState(dir=d, meta=meta)
+    # a damaged file reads as no metadata: the testbed shows as broken, gc removes it
+    return TestbedState(dir=d, meta=meta if isinstance(meta, dict) else {})
 
 
 def find(name: str, root: Path | None = None) -> TestbedState:

@@ -241,8 +241,7 @@ class Testbed:
             cfg = config.parse_dict(st.meta.get("config", {}), default_name=name)
         except ConfigError as exc:
             raise StateError(f"testbed '{name}': its state folder {st.dir} holds no "
-                                   f"usable config ({exc}); remove it with 'harness gc "
-                                   "--all'") from exc
+                                   f"usable config ({exc}); remove it with 'harness gc'") from exc
         plan = make_plan(cfg)
         guests = {}
         for gp in plan.guests:

@@ -96,3 +96,63 @@ def test_load_uses_file_stem_as_name(tmp_path) -> None:  # type: ignore[no-untyp
     assert config.load(p).name == "my-bed"
     with pytest.raises(ConfigError, match="cannot read spec file"):
         config.load(tmp_path / "missing.toml")
+
+
+FULL = """
+name = "every-field"
+accel = "tcg"
+boot_timeout_s = 33.5
+[[network]]
+name = "data"
+subnet = "10.9.0.0/24"
+[[network]]
+name = "back"
+[[guest]]
+name = "a"
+vcpus = 3
+memory = "1G"
+image = "full"
+cpu_features = ["fsgsbase", "uintr"]
+  [[guest.nic]]
+  network = "data"
+  queues = 3
+  iommu = true
+  drop_when_full = true
+  rx_ring_size = 1024
+  address = "10.9.0.7/24"
+  [guest.nic.netem]
+  delay_ms = 5
+  jitter_ms = 1
+  loss_pct = 0.5
+  rate_mbit = 100
+  [[guest.nic]]
+  network = "back"
+[[guest]]
+name = "b"
+"""
+
+
+def test_to_dict_round_trips_every_field() -> None:
+    """What a state folder keeps rebuilds the same config (nothing is lost on attach)."""
+    cfg = config.parse(FULL)
+    assert config.parse_dict(config.to_dict(cfg)) == cfg
+    nic = cfg.guests[0].nics[0]
+    assert nic.drop_when_full and nic.rx_ring_size == 1024 and nic.iommu
+
+
+def test_to_dict_leaves_no_field_out() -> None:
+    """Every dataclass field of a NIC and guest is carried (a new field must be too)."""
+    import dataclasses
+
+    data = config.to_dict(config.parse(FULL))
+    nic_keys = set(data["guest"][0]["nic"][0])
+    assert {f.name for f in dataclasses.fields(config.NicConfig)} <= nic_keys
+    guest_keys = set(data["guest"][0]) | {"memory_mb", "nics"}
+    assert {f.name for f in dataclasses.fields(config.GuestConfig)} <= guest_keys
+
+
+def test_spec_that_is_not_utf8_is_one_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    spec = tmp_path / "latin1.toml"
+    spec.write_bytes('[[guest]]\nname = "caf\xe9"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match="is not UTF-8 text"):
+        config.load(spec)

@@ -56,6 +56,15 @@ def test_teardown_kills_recorded_and_unrecorded_processes(tmp_path: Path) -> Non
     bystander.wait()
 
 
+@pytest.fixture(autouse=True)
+def private_claims(tmp_path_factory: pytest.TempPathFactory,
+                   monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Claims of these tests go to a folder of their own, never the machine's."""
+    run = tmp_path_factory.mktemp("run")
+    monkeypatch.setenv("HARNESS_RUN", str(run))
+    return run
+
+
 def test_gc_keeps_owned_and_detached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HARNESS_STATE", str(tmp_path))
     mine = state.create("mine", tmp_path)
@@ -107,3 +116,90 @@ def test_console_log_ready_and_panic(tmp_path: Path) -> None:
         fh.write("[ 9.1] Kernel panic - not syncing: sysrq triggered crash\r\n")
     log.poll()
     assert log.panic() == "Kernel panic - not syncing: sysrq triggered crash"
+
+
+def test_testbed_folder_match_is_by_whole_path_component(tmp_path: Path) -> None:
+    """Removing testbed 'tb' never touches the QEMUs of 'tb2' or 'tb-x'."""
+    st = state.create("tb", tmp_path)
+    own = fake_qemu(f"path={st.dir}/a/console.sock")
+    others = [fake_qemu(f"path={tmp_path / n}/a/console.sock") for n in ("tb2", "tb-x")]
+    st.record(state.Resource("process", str(own.pid), match=str(st.dir / "a")))
+    time.sleep(0.1)
+    assert cleanup.processes_matching(str(st.dir)) == [own.pid]
+    removed = cleanup.teardown(st)
+    assert removed.processes == [own.pid]
+    assert all(p.poll() is None for p in others)
+    for p in others:
+        p.kill()
+        p.wait()
+    own.wait()
+
+
+@pytest.mark.parametrize(("cmdline", "folder", "named"), [
+    ("qemu -chardev socket,path=/s/tb/a/qmp.sock", "/s/tb", True),
+    ("qemu -chardev socket,path=/s/tb2/a/qmp.sock", "/s/tb", False),
+    ("qemu -chardev socket,path=/s/tb-x/a/qmp.sock", "/s/tb", False),
+    ("qemu logfile=/s/tb/a/console.log,logappend=on", "/s/tb/a", True),
+    ("qemu logfile=/s/tb/ab/console.log", "/s/tb/a", False),
+    ("qemu -drive file=/s/tb", "/s/tb/", True),
+    ("qemu /x/s/tb/a", "/s/tb", False),
+])
+def test_names_path(cmdline: str, folder: str, named: bool) -> None:
+    assert cleanup.names_path(cmdline, folder) is named
+
+
+def test_state_folder_appears_whole(tmp_path: Path) -> None:
+    """A reader never sees a testbed folder without its owner (gc would take it for
+    abandoned): the folder is made hidden and renamed once testbed.json is written."""
+    seen_empty: list[str] = []
+    stop = time.monotonic() + 1.0
+    pid = os.fork()
+    if pid == 0:  # the child creates and removes testbeds as fast as it can
+        import shutil
+        try:
+            while time.monotonic() < stop:
+                st = state.create("race", tmp_path)
+                gone = tmp_path / ".race-removed"
+                os.rename(st.dir, gone)  # removal made atomic for the reader, too
+                shutil.rmtree(gone)
+        finally:
+            os._exit(0)
+    while time.monotonic() < stop + 0.1:
+        for st in state.all_states(tmp_path):
+            if not st.meta.get("owner") and st.dir.exists():
+                seen_empty.append(st.name)
+    os.waitpid(pid, 0)
+    assert seen_empty == []
+    assert state.unfinished(tmp_path) == []
+
+
+def test_unfinished_creation_of_a_dead_process_is_collected(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    monkeypatch.setenv("HARNESS_STATE", str(tmp_path))
+    dead = tmp_path / f".tb{state.CREATING}999999999-x"
+    dead.mkdir()
+    alive = tmp_path / f".tb2{state.CREATING}{os.getpid()}-y"
+    alive.mkdir()
+    assert state.unfinished(tmp_path) == [dead]
+    removed = cleanup.gc()
+    assert str(dead) in removed.dirs and alive.exists()
+
+
+def test_gc_spares_a_namespace_a_live_harness_is_creating(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another state folder's 'up', between creating its namespace and starting QEMU:
+    only its claim tells gc the namespace is not a leftover."""
+    from harness import claims
+
+    monkeypatch.setenv("HARNESS_STATE", str(tmp_path / "mine"))
+    monkeypatch.setattr(cleanup, "taps_in_use", lambda: set())
+    monkeypatch.setattr(cleanup.net, "list_netns", lambda prefix: ["hb-making", "hb-dead"])
+    monkeypatch.setattr(cleanup.net, "list_links", lambda prefix, ns="": [])
+    deleted: list[str] = []
+    monkeypatch.setattr(cleanup.net, "delete_netns", lambda ns: deleted.append(ns) or True)
+    claims.claim("hb-making", tmp_path / "other" / "making")  # this (live) process
+    claims.claim("hb-dead", tmp_path / "other" / "dead", pid=999999999)
+    cleanup.gc()
+    assert deleted == ["hb-dead"]
+    assert claims.owner("hb-making") is not None and claims.owner("hb-dead") is None

@@ -164,6 +164,7 @@ def _pick_testbed(name: str | None) -> str:
 
 
 def cmd_up(args: argparse.Namespace, out: Output) -> int:
+    require_root()
     from harness.demo import demo_config
 
     cfg = config.load(args.spec) if args.spec else demo_config()
@@ -438,6 +439,7 @@ def cmd_doctor(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, out: Output) -> int:
+    require_root()
     from harness.demo import run_demo
 
     with out.progress() as prog:
@@ -467,6 +469,7 @@ def cmd_gc(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_bench(args: argparse.Namespace, out: Output) -> int:
+    require_root()
     if args.bench_cmd == "uintr":
         return _bench_uintr(args, out)
     if args.bench_cmd != "boot":

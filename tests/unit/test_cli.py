@@ -117,3 +117,23 @@ def test_interrupted_child_group_is_stopped(tmp_path: Path) -> None:
         time.sleep(0.05)
     stat = Path(f"/proc/{grandchild}/stat")
     assert not stat.exists() or ") Z" in stat.read_text()
+
+
+@pytest.mark.parametrize("argv", [["up"], ["demo"], ["down", "x"], ["gc"],
+                                  ["bench", "boot", "--runs", "1"]])
+def test_not_root_is_said_at_once(argv: list[str], monkeypatch: pytest.MonkeyPatch,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """Before any image is built or accelerator probed: one line, exit 1."""
+    from harness import host, images
+
+    def must_not_run(*a: object, **kw: object) -> None:
+        raise AssertionError("work started before the root check")
+
+    monkeypatch.setattr(cli.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr("harness.testbed.os.geteuid", lambda: 1000)
+    monkeypatch.setattr(images, "get", must_not_run)
+    monkeypatch.setattr(host, "probe_accel", must_not_run)
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("harness: error:") and "must run as root (uid 1000)" in err
+    assert "\n" not in err

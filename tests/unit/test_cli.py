@@ -137,3 +137,33 @@ def test_not_root_is_said_at_once(argv: list[str], monkeypatch: pytest.MonkeyPat
     err = capsys.readouterr().err.strip()
     assert err.startswith("harness: error:") and "must run as root (uid 1000)" in err
     assert "\n" not in err
+
+
+def test_down_all_goes_past_a_broken_state_folder(tmp_path: Path) -> None:
+    """'down --all' removes every testbed even when one state folder is damaged; the
+    damaged one is reported and the exit status says so."""
+    from harness import config, state
+
+    cfg = config.parse('name = "good"\n[[guest]]\nname = "g"\n')
+    good = state.create("good", tmp_path)
+    good.meta.update(detached=True, config=config.to_dict(cfg))
+    good.save()
+    broken = state.create("broken", tmp_path)
+    broken.meta_path.write_text("{not json")
+    env = {"HARNESS_STATE": str(tmp_path), "HARNESS_RUN": str(tmp_path / ".run")}
+    r = harness("--json", "down", "--all", env=env)
+    assert r.returncode == 1, r.stderr
+    rows = {row["testbed"]: row["result"] for row in json.loads(r.stdout)["removed"]}
+    assert rows["good"] == "removed" and rows["broken"].startswith("broken:")
+    assert not good.dir.exists() and not broken.dir.exists()
+
+
+def test_damaged_image_folder_is_not_an_image(tmp_path: Path) -> None:
+    images_dir = tmp_path / "images"
+    (images_dir / "minimal-0123456789abcdef").mkdir(parents=True)
+    (images_dir / "minimal-0123456789abcdef" / "manifest.json").write_text('{"flavor": ')
+    r = harness("--json", "image", "list", env={"HARNESS_CACHE": str(tmp_path)})
+    assert r.returncode == 0 and json.loads(r.stdout)["images"] == [], r.stderr
+    r = harness("--json", "image", "clean", env={"HARNESS_CACHE": str(tmp_path)})
+    assert r.returncode == 0, r.stderr
+    assert not (images_dir / "minimal-0123456789abcdef").exists()

@@ -45,3 +45,30 @@ def test_kbuild_tree_rewrites_in_place(tmp_path: Path) -> None:
 def test_kbuild_tree_without_headers_names_the_version(tmp_path: Path) -> None:
     with pytest.raises(ImageError, match=r"linux-headers-6\.1\.0-9-amd64 has no Makefile"):
         kernel.kbuild_tree(tmp_path, "6.1.0-9-amd64")
+
+
+def test_module_builds_with_the_hosts_kernel_trees_hidden(tmp_path: Path) -> None:
+    """The uintr module builds from Debian's header packages unpacked here, with the
+    host's /usr/src and /lib/modules hidden (empty tmpfs over both, in a mount
+    namespace of the build's own): nothing of the host's kernel trees is read."""
+    import shutil
+    import subprocess
+
+    from harness import apt, images
+    from harness.paths import cache_root, source_root
+
+    kver = images._kver(apt.kernel_package(images.load_recipe("minimal").kernel))
+    for deb in apt.download(apt.kernel_headers(kver), cache_root() / "debs"):
+        apt.extract(deb, tmp_path / "headers")
+    kdir = kernel.kbuild_tree(tmp_path / "headers", kver)
+    mod = tmp_path / "uintr"
+    shutil.copytree(source_root() / "guest/kmod/uintr", mod,
+                    ignore=lambda _d, names: [n for n in names
+                                              if images.KBUILD_OUTPUT.search(n)])
+    hide = " && ".join(f"mount -t tmpfs none {d}" for d in ("/usr/src", "/lib/modules")
+                       if Path(d).is_dir())
+    script = f"{hide or 'true'} && make -s -C {kdir} M={mod} modules"
+    res = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                          script], capture_output=True, text=True, timeout=600, check=False)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (mod / "uintr.ko").exists()

@@ -177,8 +177,10 @@ def test_interrupt_at_any_moment_of_up_leaves_nothing(tmp_path: Path,
             assert proc.returncode == 130, f"interrupt {i} ({delay:.2f} s): {err}"
             assert "interrupted" in err and "Traceback" not in err
         assert leftovers(isolated_state) == [], f"interrupt {i} at {delay:.2f} s"
-    # the spread really covered the work: most runs were cut short
-    assert outcomes.count(130) >= 10, outcomes
+    # the spread really covered the work: at least half the runs were cut short (the
+    # later delays may land after the end when a run goes faster than the measured one;
+    # half leaves room for runs 40% faster on a machine whose load changes)
+    assert outcomes.count(130) >= 7, outcomes
 
 
 def test_interrupted_image_build_leaves_nothing(tmp_path: Path) -> None:

@@ -255,6 +255,9 @@ def test_stats_command_shows_counters(bed: Testbed) -> None:
     out = json.loads(res.stdout)
     assert len(out["queues"]) == 2 and sum(q["rx_packets"] for q in out["queues"]) > 0
     assert out["pool"][0]["pinned_bytes"] > 0
+    # what the driver refused from the device, per queue (nothing, from QEMU)
+    assert all(q["rx_bad_used"] == q["tx_bad_used"] == 0 and not q["rx_broken"]
+               and not q["tx_broken"] for q in out["queues"]), out["queues"]
 
 
 DROP_SPEC = """

@@ -587,7 +587,8 @@ def cmd_stats(args: argparse.Namespace, out: Output) -> int:
         raise HarnessError(f"{args.guest}: unreadable counters in {STATS}") from exc
     dev = st["device"]
     qcols = ["rx_packets", "rx_bytes", "rx_errors", "tx_packets", "posted", "consumed",
-             "drops_nobuf", "share", "wakeups"]
+             "drops_nobuf", "share", "wakeups", "rx_bad_used", "tx_bad_used", "rx_broken",
+             "tx_broken"]
     out.table("queues", f"{args.guest}: udp_echo ({st['scheme']} buffers, {st['mode']} mode, "
               f"link {'up' if dev['link_up'] else 'down'}, accounting {st['check']})",
               ["queue", *qcols], [[i, *[q[c] for c in qcols]] for i, q in

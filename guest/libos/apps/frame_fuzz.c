@@ -8,8 +8,12 @@
  * pseudo-random generator: the same --seed and addresses give the same frames in the
  * same order, whatever the timing or the send errors, so a run that upsets the server
  * can be replayed. Except for the "random" kind, each frame carries exactly one
- * intended defect ("valid" ones none); all its other fields, checksums included, are
- * what a correct sender would put there, so the server's reaction is to that defect.
+ * intended defect ("valid" ones and ARP storm requests none); all its other fields,
+ * checksums included, are what a correct sender would put there, so the server's
+ * reaction is to that defect. Every kind but "random" therefore meets one reaction in
+ * a stack that checks what it should (tests/vm/test_bypass.py maps each to the counter
+ * of the project's stack), and --kind sends only the kinds named, so a run can be
+ * attributed to one kind.
  *
  * It must not send on any interface but --iface, read or answer any traffic (the
  * socket is bound with protocol 0 so the kernel never queues a frame to it), change
@@ -99,12 +103,11 @@
 
 #define ARP_BURST 50
 /*
- * Kinds are drawn with these weights. An arp_storm draw produces ARP_BURST + 1
- * frames (the burst and one malformed ARP frame), every other draw one frame, so
- * weights of 1 against ARP_BURST + 1 give every kind about the same share of the
- * frames sent.
+ * Kinds are drawn with these weights. An arp_storm draw produces ARP_BURST frames,
+ * every other draw one frame, so weights of 1 against ARP_BURST give every kind
+ * about the same share of the frames sent.
  */
-#define FRAME_WEIGHT (ARP_BURST + 1)
+#define FRAME_WEIGHT ARP_BURST
 #define STORM_WEIGHT 1
 
 #define COUNT_DEFAULT 20000
@@ -127,6 +130,8 @@ enum kind {
 	K_FOREIGN_MAC,
 	K_FOREIGN_IP,
 	K_ARP_STORM,
+	K_BAD_ARP,
+	K_SHORT_ARP,
 	K_BAD_PROTO,
 	K_VALID,
 	KIND_COUNT
@@ -136,6 +141,8 @@ struct kind_info {
 	const char *name;
 	uint32_t weight;
 };
+
+_Static_assert(KIND_COUNT <= 32, "--kind keeps the kinds in a 32-bit mask");
 
 static const struct kind_info kinds[KIND_COUNT] = {
 	[K_RANDOM] = { "random", FRAME_WEIGHT },
@@ -148,6 +155,8 @@ static const struct kind_info kinds[KIND_COUNT] = {
 	[K_FOREIGN_MAC] = { "foreign_mac", FRAME_WEIGHT },
 	[K_FOREIGN_IP] = { "foreign_ip", FRAME_WEIGHT },
 	[K_ARP_STORM] = { "arp_storm", STORM_WEIGHT },
+	[K_BAD_ARP] = { "bad_arp", FRAME_WEIGHT },
+	[K_SHORT_ARP] = { "short_arp", FRAME_WEIGHT },
 	[K_BAD_PROTO] = { "bad_proto", FRAME_WEIGHT },
 	[K_VALID] = { "valid", FRAME_WEIGHT },
 };
@@ -162,6 +171,7 @@ struct options {
 	uint64_t seed;
 	int seed_given;
 	int json;
+	uint32_t kinds; /* bit k: kind k may be drawn (--kind; all by default) */
 };
 
 /* splitmix64: tiny, fast, and every 64-bit seed (0 included) gives a good stream. */
@@ -631,17 +641,20 @@ static size_t build_foreign_mac(struct fuzzer *f)
 	return build_request(f, mac, f->opt->dst_ip, rng_below(&f->rng, UDP_PAYLOAD_MAX + 1));
 }
 
-/* Another host of the server's /24 (a neighbour) or any unicast address elsewhere. */
+/*
+ * Another host of the server's /24 (a neighbour) or any unicast address elsewhere; never
+ * the /24's own network or broadcast address, which a server may accept as its own.
+ */
 static size_t build_foreign_ip(struct fuzzer *f)
 {
-	uint32_t ip;
+	uint32_t ip, net = f->opt->dst_ip & 0xffffff00u;
 
 	if (rng_below(&f->rng, 2)) {
 		ip = rng_host_in_24(&f->rng, f->opt->dst_ip, f->opt->dst_ip);
 	} else {
 		do
 			ip = rng_unicast_ip(&f->rng);
-		while (ip == f->opt->dst_ip);
+		while (ip == f->opt->dst_ip || ip == net || ip == (net | 0xff));
 	}
 	return build_request(f, f->opt->dst_mac, ip, rng_below(&f->rng, UDP_PAYLOAD_MAX + 1));
 }
@@ -716,7 +729,10 @@ static size_t build_arp_request(struct fuzzer *f)
 	return ETH_HDR + ARP_BODY;
 }
 
-/* A request with one thing wrong, sent to the server's MAC only (no need to broadcast junk). */
+/*
+ * A request with one thing wrong in its fields, sent to the server's MAC only (no need
+ * to broadcast junk); "short_arp" is the same request cut short of its 28-byte body.
+ */
 static size_t build_bad_arp(struct fuzzer *f)
 {
 	uint8_t *arp = f->buf + ETH_HDR;
@@ -724,7 +740,7 @@ static size_t build_bad_arp(struct fuzzer *f)
 
 	build_arp_request(f);
 	memcpy(f->buf, f->opt->dst_mac, MAC_LEN);
-	switch (rng_below(&f->rng, 5)) {
+	switch (rng_below(&f->rng, 4)) {
 	case 0: /* hardware type other than Ethernet */
 		do
 			v = rng16(&f->rng);
@@ -743,16 +759,21 @@ static size_t build_bad_arp(struct fuzzer *f)
 			arp[5] = (uint8_t)rng_below(&f->rng, 256);
 		} while (arp[4] == MAC_LEN && arp[5] == 4);
 		break;
-	case 3: /* an operation that is neither request nor reply */
+	default: /* an operation that is neither request nor reply */
 		do
 			v = rng16(&f->rng);
 		while (v == ARPOP_REQUEST || v == ARPOP_REPLY);
 		put16(arp + 6, v);
 		break;
-	default: /* cut short of the 28-byte body */
-		return ETH_HDR + rng_below(&f->rng, ARP_BODY);
 	}
 	return ETH_HDR + ARP_BODY;
+}
+
+static size_t build_short_arp(struct fuzzer *f)
+{
+	build_arp_request(f);
+	memcpy(f->buf, f->opt->dst_mac, MAC_LEN);
+	return ETH_HDR + rng_below(&f->rng, ARP_BODY);
 }
 
 static size_t build_one(struct fuzzer *f, enum kind k)
@@ -780,6 +801,10 @@ static size_t build_one(struct fuzzer *f, enum kind k)
 		return build_bad_proto(f);
 	case K_ARP_STORM: /* multi-frame, see emit_arp_storm; one request if asked here */
 		return build_arp_request(f);
+	case K_BAD_ARP:
+		return build_bad_arp(f);
+	case K_SHORT_ARP:
+		return build_short_arp(f);
 	case K_VALID:
 	default:
 		return build_server_request(f, rng_below(&f->rng, UDP_PAYLOAD_MAX + 1));
@@ -815,17 +840,13 @@ static void transmit(struct fuzzer *f, enum kind k, size_t len)
 	}
 }
 
-/* ARP_BURST requests back to back, then one malformed ARP frame, within budget. */
+/* ARP_BURST requests back to back, within budget. */
 static uint64_t emit_arp_storm(struct fuzzer *f, uint64_t budget)
 {
 	uint64_t n = 0;
 
 	while (n < ARP_BURST && n < budget && !stop_requested) {
 		transmit(f, K_ARP_STORM, build_arp_request(f));
-		n++;
-	}
-	if (n < budget && !stop_requested) {
-		transmit(f, K_ARP_STORM, build_bad_arp(f));
 		n++;
 	}
 	return n;
@@ -840,18 +861,24 @@ static uint64_t emit(struct fuzzer *f, enum kind k, uint64_t budget)
 	return 1;
 }
 
-static enum kind pick_kind(struct rng *r)
+static uint32_t kind_weight(const struct options *o, int k)
+{
+	return (o->kinds >> k) & 1 ? kinds[k].weight : 0;
+}
+
+/* A kind among those enabled (at least one is: parse_args makes sure), by weight. */
+static enum kind pick_kind(const struct options *o, struct rng *r)
 {
 	uint32_t total = 0, x;
 	int k;
 
 	for (k = 0; k < KIND_COUNT; k++)
-		total += kinds[k].weight;
+		total += kind_weight(o, k);
 	x = rng_below(r, total);
 	for (k = 0; k < KIND_COUNT - 1; k++) {
-		if (x < kinds[k].weight)
+		if (x < kind_weight(o, k))
 			break;
-		x -= kinds[k].weight;
+		x -= kind_weight(o, k);
 	}
 	return (enum kind)k;
 }
@@ -865,7 +892,7 @@ static void run(struct fuzzer *f)
 	while (done < o->count && !stop_requested) {
 		if (o->rate > 0.0 && wait_until(deadline_ns(t0, done, o->rate)) < 0)
 			break;
-		used = emit(f, pick_kind(&f->rng), o->count - done);
+		used = emit(f, pick_kind(o, &f->rng), o->count - done);
 		if (used == 0)
 			break;
 		done += used;
@@ -934,6 +961,7 @@ enum {
 	OPT_COUNT,
 	OPT_RATE,
 	OPT_SEED,
+	OPT_KIND,
 	OPT_JSON,
 	OPT_HELP,
 };
@@ -947,6 +975,7 @@ static const struct option long_opts[] = {
 	{ "count", required_argument, NULL, OPT_COUNT },
 	{ "rate", required_argument, NULL, OPT_RATE },
 	{ "seed", required_argument, NULL, OPT_SEED },
+	{ "kind", required_argument, NULL, OPT_KIND },
 	{ "json", no_argument, NULL, OPT_JSON },
 	{ "help", no_argument, NULL, OPT_HELP },
 	{ NULL, 0, NULL, 0 },
@@ -1003,6 +1032,29 @@ static int set_ipv4(const char *name, const char *s, uint32_t *out)
 	return 0;
 }
 
+/* A comma-separated list of kind names, each known; replaces the default "all". */
+static int parse_kinds(const char *val, uint32_t *out)
+{
+	const char *p = val;
+	size_t n;
+	int k;
+
+	*out = 0;
+	while (*p) {
+		n = strcspn(p, ",");
+		for (k = 0; k < KIND_COUNT; k++)
+			if (strlen(kinds[k].name) == n && !strncmp(p, kinds[k].name, n))
+				break;
+		if (k == KIND_COUNT)
+			return -EINVAL;
+		*out |= 1u << k;
+		p += n;
+		if (*p == ',')
+			p++;
+	}
+	return *out ? 0 : -EINVAL;
+}
+
 static int set_option(struct options *o, int c, const char *val)
 {
 	uint64_t v;
@@ -1043,6 +1095,19 @@ static int set_option(struct options *o, int c, const char *val)
 			return arg_error("--seed", "must be an integer 0..18446744073709551615");
 		o->seed_given = 1;
 		return 0;
+	case OPT_KIND:
+		if (parse_kinds(val, &o->kinds)) {
+			char what[512];
+			size_t off = 0;
+			int k;
+
+			off += (size_t)snprintf(what, sizeof(what), "a comma-separated list of:");
+			for (k = 0; k < KIND_COUNT && off < sizeof(what); k++)
+				off += (size_t)snprintf(what + off, sizeof(what) - off, "%s %s",
+							k ? "," : "", kinds[k].name);
+			return arg_error("--kind", what);
+		}
+		return 0;
 	case OPT_JSON:
 		o->json = 1;
 		return 0;
@@ -1059,7 +1124,8 @@ static int parse_args(int argc, char **argv, struct options *o, int *help)
 	enum { HAVE_IFACE = 1, HAVE_DST_MAC = 2, HAVE_DST_IP = 4, HAVE_SRC_IP = 8 };
 
 	*help = 0;
-	*o = (struct options){ .port = 7, .count = COUNT_DEFAULT, .rate = RATE_DEFAULT };
+	*o = (struct options){ .port = 7, .count = COUNT_DEFAULT, .rate = RATE_DEFAULT,
+			       .kinds = (1u << KIND_COUNT) - 1 };
 	opterr = 0;
 	while ((c = getopt_long(argc, argv, ":", long_opts, NULL)) != -1) {
 		if (c == OPT_HELP) {
@@ -1096,7 +1162,7 @@ static void usage(FILE *out)
 {
 	fprintf(out,
 		"usage: " PROG " --iface NAME --dst-mac MAC --dst-ip IPV4 --src-ip IPV4\n"
-		"       [--port N] [--count N] [--rate PPS] [--seed N] [--json]\n"
+		"       [--port N] [--count N] [--rate PPS] [--seed N] [--kind K[,K...]] [--json]\n"
 		"  --iface NAME     interface to send on (the only one used)\n"
 		"  --dst-mac MAC    the server's MAC, XX:XX:XX:XX:XX:XX\n"
 		"  --dst-ip IPV4    the server's address\n"
@@ -1105,6 +1171,8 @@ static void usage(FILE *out)
 		"  --count N        frames to send in total (default %d)\n"
 		"  --rate PPS       frames per second; 0 = as fast as possible (default %.0f)\n"
 		"  --seed N         random seed (default: from the clock; printed either way)\n"
+		"  --kind K[,K...]  send only these kinds of frame (default: all; see the table\n"
+		"                   in the summary for their names)\n"
 		"  --json           print one JSON line at the end instead of a summary\n",
 		COUNT_DEFAULT, RATE_DEFAULT);
 }
@@ -1122,6 +1190,10 @@ static void print_json(const struct fuzzer *f)
 	for (k = 0; k < KIND_COUNT; k++)
 		printf("%s\"%s\": %llu", k ? ", " : "", kinds[k].name,
 		       (unsigned long long)t->frames[k]);
+	printf("}, \"sent_by_kind\": {");
+	for (k = 0; k < KIND_COUNT; k++)
+		printf("%s\"%s\": %llu", k ? ", " : "", kinds[k].name,
+		       (unsigned long long)(t->frames[k] - t->errors[k]));
 	printf("}}\n");
 }
 

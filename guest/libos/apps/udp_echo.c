@@ -294,7 +294,8 @@ static void write_stats(const struct opts *o, struct vnet *v, struct worker *ws,
 		   "\"drop_oversize\": %llu, \"drop_foreign_mac\": %llu, \"drop_ethertype\": %llu, "
 		   "\"drop_ip_bad\": %llu, \"drop_ip_csum\": %llu, \"drop_ip_frag\": %llu, "
 		   "\"drop_ip_foreign\": %llu, \"drop_proto\": %llu, \"drop_udp_bad\": %llu, "
-		   "\"drop_udp_noport\": %llu, \"drop_tx\": %llu}, \"device\": ",
+		   "\"drop_udp_noport\": %llu, \"drop_icmp_bad\": %llu, \"drop_src_mac\": %llu, "
+		   "\"drop_tx\": %llu}, \"device\": ",
 		o->arm ? "arm" : "poll", o->vcfg.scheme == VNET_RX_POOL ? "pool" : "fixed", check,
 		(unsigned long long)c.rx_frames, (unsigned long long)c.tx_frames,
 		(unsigned long long)c.udp_rx, (unsigned long long)c.udp_tx,
@@ -305,6 +306,7 @@ static void write_stats(const struct opts *o, struct vnet *v, struct worker *ws,
 		(unsigned long long)c.drop_ip_csum, (unsigned long long)c.drop_ip_frag,
 		(unsigned long long)c.drop_ip_foreign, (unsigned long long)c.drop_proto,
 		(unsigned long long)c.drop_udp_bad, (unsigned long long)c.drop_udp_noport,
+		(unsigned long long)c.drop_icmp_bad, (unsigned long long)c.drop_src_mac,
 		(unsigned long long)c.drop_tx);
 	vnet_stats_json(v, f);
 	fprintf(f, "}\n");

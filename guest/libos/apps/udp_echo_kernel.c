@@ -159,11 +159,19 @@ static int open_socket(struct in_addr addr, uint16_t *port, int *fd_out)
 {
 	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons(*port), .sin_addr = addr };
 	socklen_t len = sizeof(sa);
-	int one = 1, fd, err;
+	int one = 1, rcvbuf = 8 << 20, fd, err;
 
 	fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return -errno;
+	/*
+	 * A server descheduled for tens of milliseconds (a busy host, TCG) finds a burst
+	 * waiting: with the default ~200 KiB receive buffer the kernel drops part of it
+	 * (UDP RcvbufErrors), which would read as the server's loss. 8 MiB as udp_loadgen
+	 * does: FORCE passes rmem_max when root, the plain call is the capped fallback.
+	 */
+	if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &rcvbuf, sizeof(rcvbuf)) < 0)
+		setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
 	if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0 ||
 	    bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
 	    getsockname(fd, (struct sockaddr *)&sa, &len) < 0) {

@@ -7,10 +7,23 @@
  * nothing but pointers the driver gave it.
  *
  * Concurrency in the pool scheme: queue q's posted/released arrays are written
- * only by queue q's thread (plain stores through __atomic_store_n relaxed, which
- * compile to ordinary moves) and read by the refill thread. A buffer changes
- * hands through its state byte (release/acquire) and the free list (mutex, once
- * per large buffer, never per packet).
+ * only by queue q's thread and read by the refill thread (and by a starving
+ * queue). Atomic stores and loads of naturally aligned words, never
+ * read-modify-write: each counter has one writer. The orderings:
+ *  - posted[b] is stored relaxed: the state byte's release store (BUF_POSTED,
+ *    once b is fully cut) publishes the final counts, and pool_recycle loads the
+ *    state with acquire before reading them;
+ *  - released[b] is stored with release after the queue copied the stride out,
+ *    and loaded with acquire: a buffer seen fully released has had every read of
+ *    its strides done before it is handed out again;
+ *  - the per-queue totals (st.posted, st.consumed) are relaxed: they steer the
+ *    refill thread and feed the stats, exact only when the queues are idle.
+ * On x86 (TSO) all of these are plain moves. A buffer changes hands through its
+ * state byte and the free list (mutex, once per large buffer, never per packet).
+ *
+ * The per-buffer counters are 32 bits and wrap after 2^32 strides; only their
+ * per-queue difference (strides of b in q's ring, never more than a ring) is
+ * used, in modular arithmetic, which is exact across the wrap.
  */
 #include "rxbuf.h"
 
@@ -40,8 +53,8 @@ struct pool_q {
 	unsigned int next;  /* next stride of cur */
 	unsigned int want;  /* strides this queue keeps posted; grows with its traffic */
 	unsigned int level; /* strides in its ring right after its last fill */
-	uint32_t *posted;   /* [buffer] strides this queue posted, ever */
-	uint32_t *released; /* [buffer] strides this queue released, ever */
+	uint32_t *posted;   /* [buffer] strides this queue posted, ever, modulo 2^32 */
+	uint32_t *released; /* [buffer] strides this queue released, ever, modulo 2^32 */
 };
 
 struct rxq_state {
@@ -115,6 +128,10 @@ static void fixed_release(struct rxbuf *rb, unsigned int q, void *buf)
 {
 	struct fixed_q *f = &rb->q[q].fixed;
 
+	/* the ring hands each buffer back once (virtq.h), so this never fills; if a bug made
+	 * it, the buffer is dropped here, and rxbuf_check reports the imbalance */
+	if (unlikely(f->top >= rb->cfg.ring_size))
+		return;
 	f->stack[f->top++] = buf;
 }
 
@@ -125,9 +142,12 @@ static uint64_t load64(const uint64_t *p)
 	return __atomic_load_n(p, __ATOMIC_RELAXED);
 }
 
-static uint32_t load32(const uint32_t *p)
+/* Strides of buffer b queue q still has in its ring: exact across the counters' wrap. */
+static uint32_t pool_held(const struct rxbuf *rb, unsigned int q, unsigned int b)
 {
-	return __atomic_load_n(p, __ATOMIC_RELAXED);
+	uint32_t released = __atomic_load_n(&rb->q[q].pool.released[b], __ATOMIC_ACQUIRE);
+
+	return __atomic_load_n(&rb->q[q].pool.posted[b], __ATOMIC_RELAXED) - released;
 }
 
 static void pool_recycle(struct rxbuf *rb);
@@ -220,20 +240,19 @@ static void pool_release(struct rxbuf *rb, unsigned int q, void *buf)
 	struct pool_q *p = &rb->q[q].pool;
 	unsigned int b = (unsigned int)(((uint8_t *)buf - rb->mem.base) / rb->cfg.buf_size);
 
-	__atomic_store_n(&p->released[b], p->released[b] + 1, __ATOMIC_RELAXED);
+	/* release: the stride was copied out before anyone can see it released */
+	__atomic_store_n(&p->released[b], p->released[b] + 1, __ATOMIC_RELEASE);
 }
 
-/* Sum every queue's counters for buffer b: fully released when equal. */
+/* Fully released: no queue holds a stride of buffer b in its ring. */
 static bool pool_idle(const struct rxbuf *rb, unsigned int b)
 {
-	uint64_t posted = 0, released = 0;
 	unsigned int q;
 
-	for (q = 0; q < rb->cfg.queues; q++) {
-		released += load32(&rb->q[q].pool.released[b]);
-		posted += load32(&rb->q[q].pool.posted[b]);
-	}
-	return posted == released;
+	for (q = 0; q < rb->cfg.queues; q++)
+		if (pool_held(rb, q, b))
+			return false;
+	return true;
 }
 
 static uint64_t pool_gap(const struct rxbuf *rb)
@@ -509,29 +528,31 @@ int rxbuf_check(struct rxbuf *rb, const unsigned int *in_ring, FILE *why)
 		return 0;
 	pool_recycle(rb); /* quiescent: whatever is fully released goes home now */
 	for (b = 0; b < rb->cfg.pool_buffers; b++) {
-		uint64_t posted = 0, released = 0;
+		uint64_t in_b = 0;
 
 		for (q = 0; q < rb->cfg.queues; q++) {
-			posted += rb->q[q].pool.posted[b];
-			released += rb->q[q].pool.released[b];
+			uint32_t h = pool_held(rb, q, b);
+
+			/* a queue released more than it posted: the difference wrapped to a
+			 * count larger than its ring could hold */
+			if (h > in_ring[q])
+				return fail(why, "buffer released more strides than posted (queue "
+					    "holds more than its ring)", b, h, in_ring[q]);
+			in_b += h;
 		}
-		if (released > posted)
-			return fail(why, "buffer released more strides than posted", b, released,
-				    posted);
-		held += posted - released;
+		held += in_b;
 		switch (rb->state[b]) {
 		case BUF_FREE:
-			if (posted != released)
-				return fail(why, "free buffer with strides in rings", b, posted,
-					    released);
+			if (in_b)
+				return fail(why, "free buffer with strides in rings", b, in_b, 0);
 			counted++;
 			break;
 		case BUF_CARVING:
 			carving++;
 			break;
 		case BUF_POSTED:
-			if (posted == released)
-				return fail(why, "released buffer not recycled", b, posted, released);
+			if (!in_b)
+				return fail(why, "released buffer not recycled", b, in_b, 0);
 			break;
 		}
 	}

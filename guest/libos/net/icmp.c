@@ -2,8 +2,8 @@
  * icmp.c: ICMP, which here means answering echo requests (ping) sent to our own address.
  *
  * Every other ICMP type is dropped: the stack has no routes to update and no sockets to
- * report errors to. It must not answer anything ip.c accepted as a broadcast, and it must
- * not send ICMP errors about other packets.
+ * report errors to. It must not answer anything ip.c accepted as a broadcast, nor a request
+ * from a group or all-zero source MAC, and it must not send ICMP errors about other packets.
  */
 #include "stack_int.h"
 
@@ -50,6 +50,15 @@ void icmp_input(struct stack *s, const uint8_t *src_mac, uint32_t src, const uin
 	/* A corrupted request must not be echoed: the sender would take it for a good reply. */
 	if (csum_finish(csum_add(0, msg, len)) != 0) {
 		s->c.drop_icmp_bad++;
+		return;
+	}
+	/*
+	 * The reply goes to the request's source MAC. A group address there would make every
+	 * host of the group receive it (an amplifier, as for broadcast pings), and an all-zero
+	 * one reaches nobody; stack_udp_reply refuses both the same way.
+	 */
+	if (mac_is_multicast(src_mac) || mac_is_zero(src_mac)) {
+		s->c.drop_src_mac++;
 		return;
 	}
 	icmp_echo_reply(s, src_mac, src, msg, len);

@@ -3,10 +3,16 @@
  * virtio PCI devices (virtio 1.x, section 4.1). All register access goes
  * through volatile pointers into the mapped BARs with the width the spec
  * gives each field; 64-bit fields are written as two 32-bit halves.
+ *
+ * What the device says about its own layout is checked before it is used: each
+ * capability must lie inside its BAR and be long enough for its structure, and a
+ * queue's doorbell inside the notify capability. Fields of the device-specific
+ * configuration are checked by their reader (vpci_devcfg_has).
  */
 #include "virtio_pci.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <time.h>
 
 #include "../base/defs.h"
@@ -28,11 +34,27 @@ static volatile uint8_t *cap_map(struct vpci *vp, const struct virtio_pci_cap *c
 	return (volatile uint8_t *)bar->map + cap->offset;
 }
 
+/* The smallest length each capability type must have to be usable. */
+static uint32_t cap_min_len(uint8_t type)
+{
+	switch (type) {
+	case VIRTIO_PCI_CAP_COMMON_CFG:
+		return sizeof(struct virtio_pci_common_cfg);
+	case VIRTIO_PCI_CAP_NOTIFY_CFG:
+		return sizeof(uint16_t); /* one doorbell */
+	case VIRTIO_PCI_CAP_ISR_CFG:
+		return 1;
+	default:
+		return 0;
+	}
+}
+
 int vpci_init(struct vpci *vp, struct vfio_dev *dev)
 {
 	uint16_t status;
 	uint8_t pos;
 	int guard = 0, ret;
+	bool too_short = false;
 
 	vp->dev = dev;
 	vp->common = NULL;
@@ -56,6 +78,15 @@ int vpci_init(struct vpci *vp, struct vfio_dev *dev)
 		if (cap->cap_vndr == PCI_CAP_ID_VNDR) {
 			volatile uint8_t *p = cap_map(vp, cap);
 
+			/* unusable: skip it, a later capability of the same type may do */
+			if (cap->length < cap_min_len(cap->cfg_type)) {
+				too_short = true;
+				p = NULL;
+			}
+			if (!p) {
+				pos = cap->cap_next;
+				continue;
+			}
 			switch (cap->cfg_type) {
 			case VIRTIO_PCI_CAP_COMMON_CFG:
 				if (!vp->common)
@@ -65,6 +96,7 @@ int vpci_init(struct vpci *vp, struct vfio_dev *dev)
 				if (!vp->notify_base) {
 					vp->notify_base = p;
 					vp->notify_mult = ncap.notify_off_multiplier;
+					vp->notify_len = cap->length;
 				}
 				break;
 			case VIRTIO_PCI_CAP_ISR_CFG:
@@ -82,7 +114,7 @@ int vpci_init(struct vpci *vp, struct vfio_dev *dev)
 		pos = cap->cap_next;
 	}
 	if (!vp->common || !vp->notify_base || !vp->isr || !vp->devcfg)
-		return -ENODEV; /* not a modern virtio device (or a BAR is not mappable) */
+		return too_short ? -EINVAL : -ENODEV; /* -ENODEV: not a modern virtio device */
 	return 0;
 }
 
@@ -148,11 +180,11 @@ static void write64(volatile uint32_t *lo, volatile uint32_t *hi, uint64_t v)
 	*hi = (uint32_t)(v >> 32);
 }
 
-volatile uint16_t *vpci_queue_setup(struct vpci *vp, uint16_t q, uint16_t size, uint64_t desc,
-				    uint64_t driver, uint64_t device, uint16_t msix_vector)
+int vpci_queue_setup(struct vpci *vp, uint16_t q, uint16_t size, uint64_t desc, uint64_t driver,
+		     uint64_t device, uint16_t msix_vector, volatile uint16_t **notify)
 {
 	volatile struct virtio_pci_common_cfg *c = vp->common;
-	uint16_t off;
+	uint64_t off;
 
 	c->queue_select = q;
 	c->queue_size = size;
@@ -162,10 +194,14 @@ volatile uint16_t *vpci_queue_setup(struct vpci *vp, uint16_t q, uint16_t size, 
 	c->queue_msix_vector = msix_vector;
 	/* reading it back tells whether the device accepted the vector */
 	if (c->queue_msix_vector != msix_vector)
-		return NULL;
-	off = c->queue_notify_off;
+		return -EIO;
+	/* 16 bits times 32 cannot wrap in 64; the 2-byte write must fit the capability */
+	off = (uint64_t)c->queue_notify_off * vp->notify_mult;
+	if (off > vp->notify_len || vp->notify_len - off < sizeof(uint16_t))
+		return -EINVAL;
 	c->queue_enable = 1;
-	return (volatile uint16_t *)(vp->notify_base + (uint32_t)off * vp->notify_mult);
+	*notify = (volatile uint16_t *)(vp->notify_base + off);
+	return 0;
 }
 
 int vpci_set_config_vector(struct vpci *vp, uint16_t vector)

@@ -9,6 +9,12 @@
  *
  * Frames are copied out of receive buffers at once, so buffers go back to the
  * scheme (rxbuf.c) right away and small packets never pin a large buffer.
+ *
+ * The device is not trusted: what it says about itself is checked at bring-up
+ * (configuration length against the fields read, queue indexes against its queue
+ * count), what it writes into rings is checked by virtq.h and, for frames, by the
+ * receive path below ("Receiving"); every refusal is counted in the stats. A ring
+ * the device broke is reported broken and its calls fail with -EIO.
  */
 #include <errno.h>
 #include <linux/virtio_config.h>
@@ -71,9 +77,10 @@ struct vnet_queue {
 	uint64_t rx_packets, rx_bytes, rx_errors, tx_packets, tx_bytes, tx_full, wakeups;
 	uint64_t nudges, last_rx_ns; /* see "Nudging" above */
 	unsigned int empty_polls;
-	/* why frames were refused: a buffer length out of range, a frame announced to span
-	 * more buffers than were used, a frame longer than the largest Ethernet frame */
-	uint64_t rx_err_len, rx_err_span, rx_err_big;
+	/* why frames were refused: a first buffer's length out of range, a num_buffers of 0
+	 * or beyond what was published, a frame longer than the largest Ethernet frame; and
+	 * used entries dropped to find the next frame's start again (see "Receiving") */
+	uint64_t rx_err_len, rx_err_span, rx_err_big, rx_err_resync;
 	uint16_t last_bad_nbufs;
 	uint32_t last_bad_len;
 	uint8_t frame[MAX_FRAME + 64]; /* reassembly of frames spanning strides */
@@ -85,7 +92,10 @@ struct vnet {
 	struct dma_region rings;
 	struct rxbuf *rb;
 	struct virtq ctrl;
-	uint8_t *ctrl_buf;
+	uint8_t *ctrl_buf;       /* CTRL_SLOTS slots of CTRL_SLOT bytes */
+	unsigned int ctrl_busy;  /* bit s: slot s is in the device's hands */
+	unsigned int ctrl_timeout_ms;
+	uint64_t ctrl_stale;     /* completions of commands that had timed out */
 	struct vnet_queue *q;
 	int cfg_efd;
 	uint64_t features;
@@ -95,35 +105,74 @@ struct vnet {
 	uint16_t tx_size;   /* TX queues: the RX size, or less if the device caps TX lower */
 	uint8_t mac[6];
 	bool dev_open, driver_ok;
-};
+} __cache_aligned; /* aligned_alloc wants a size that is a multiple of the alignment */
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
 
 /* --- control queue ------------------------------------------------------------ */
 
+/*
+ * Each command in flight owns a slot of ctrl_buf (class and command at 0, the ack byte at
+ * CTRL_ACK, the body from CTRL_BODY), and the slot is its cookie. A command that times
+ * out keeps its slot until the device answers it, so the late answer can neither land
+ * in a later command's bytes nor be taken for its completion: it frees its slot and is
+ * counted in ctrl_stale.
+ */
+#define CTRL_SLOTS 4
+#define CTRL_SLOT 1024
+#define CTRL_ACK 8
+#define CTRL_BODY 16
+#define CTRL_TIMEOUT_MS 1000 /* QEMU answers at once; slow emulation gets a second */
+
 static int ctrl_cmd(struct vnet *v, uint8_t cls, uint8_t cmd, const void *data, size_t len)
 {
-	uint8_t *hdr = v->ctrl_buf, *body = hdr + 16, *ack = hdr + 1024;
-	struct vq_seg segs[3] = {
-		{ dma_addr(hdr), 2 }, { dma_addr(body), (uint32_t)len }, { dma_addr(ack), 1 },
-	};
+	uint8_t *slot, *done;
+	struct vq_seg segs[3];
+	uint64_t deadline;
+	unsigned int s;
 	uint32_t got;
-	int spins;
 
-	if (len > 1000)
+	if (len > CTRL_SLOT - CTRL_BODY)
 		return -EINVAL;
-	hdr[0] = cls;
-	hdr[1] = cmd;
-	memcpy(body, data, len);
-	*ack = 0xff;
-	if (virtq_add_chain(&v->ctrl, segs, 2, 1, hdr))
-		return -ENOSPC;
+	for (s = 0; s < CTRL_SLOTS && (v->ctrl_busy & (1u << s)); s++)
+		;
+	if (s == CTRL_SLOTS)
+		return -EBUSY; /* every slot held by a command the device never answered */
+	slot = v->ctrl_buf + (size_t)s * CTRL_SLOT;
+	slot[0] = cls;
+	slot[1] = cmd;
+	memcpy(slot + CTRL_BODY, data, len);
+	slot[CTRL_ACK] = 0xff;
+	segs[0] = (struct vq_seg){ dma_addr(slot), 2 };
+	segs[1] = (struct vq_seg){ dma_addr(slot + CTRL_BODY), (uint32_t)len };
+	segs[2] = (struct vq_seg){ dma_addr(slot + CTRL_ACK), 1 };
+	if (virtq_add_chain(&v->ctrl, segs, 2, 1, slot))
+		return v->ctrl.broken ? -EIO : -ENOSPC;
+	v->ctrl_busy |= 1u << s;
 	virtq_kick(&v->ctrl);
-	/* the device answers synchronously in QEMU; allow ~1 s for slow emulation */
-	for (spins = 0; spins < 100000; spins++) {
-		if (virtq_get(&v->ctrl, &got))
-			return *ack == VIRTIO_NET_OK ? 0 : -EIO;
+	deadline = now_ns() + (uint64_t)v->ctrl_timeout_ms * 1000000u;
+	for (;;) {
+		done = virtq_get(&v->ctrl, &got);
+		if (done) {
+			/* a cookie is a slot we handed out, never a device value */
+			v->ctrl_busy &= ~(1u << ((size_t)(done - v->ctrl_buf) / CTRL_SLOT));
+			if (done == slot)
+				return READ_ONCE(slot[CTRL_ACK]) == VIRTIO_NET_OK ? 0 : -EIO;
+			v->ctrl_stale++;
+			continue;
+		}
+		if (v->ctrl.broken)
+			return -EIO;
+		if (now_ns() >= deadline)
+			return -ETIMEDOUT;
 		usleep(10);
 	}
-	return -ETIMEDOUT;
 }
 
 static int set_queue_pairs(struct vnet *v)
@@ -143,6 +192,7 @@ static const uint8_t rss_key[40] = {
 	0x80, 0x30, 0xf2, 0x0c, 0x6a, 0x42, 0xb7, 0x3b, 0xbe, 0xac, 0x01, 0xfa,
 };
 
+/* the device configuration's fields were checked against its length (check_devcfg) */
 static int set_rss(struct vnet *v)
 {
 	const volatile struct virtio_net_config *nc = (const volatile void *)v->vp.devcfg;
@@ -199,29 +249,89 @@ static int negotiate(struct vnet *v, const char **why)
 	return 0;
 }
 
-static int setup_queue(struct vnet *v, struct virtq *vq, uint16_t idx, uint16_t size,
-		       uint16_t vector)
+/* The fields of struct virtio_net_config the negotiated features make us read. */
+#define CFG_END(field) (offsetof(struct virtio_net_config, field) + \
+			sizeof(((struct virtio_net_config *)0)->field))
+
+static int check_devcfg(struct vnet *v, const char **why)
+{
+	static const struct {
+		unsigned int bit;
+		size_t end;
+		const char *why;
+	} need[] = {
+		{ VIRTIO_NET_F_MAC, CFG_END(mac), "the device configuration is too short for its "
+		  "mac (VIRTIO_NET_F_MAC)" },
+		{ VIRTIO_NET_F_STATUS, CFG_END(status), "the device configuration is too short "
+		  "for its status (VIRTIO_NET_F_STATUS)" },
+		{ VIRTIO_NET_F_MQ, CFG_END(max_virtqueue_pairs), "the device configuration is too "
+		  "short for its max_virtqueue_pairs (VIRTIO_NET_F_MQ)" },
+		{ VIRTIO_NET_F_RSS, CFG_END(supported_hash_types), "the device configuration is "
+		  "too short for its RSS limits (VIRTIO_NET_F_RSS)" },
+	};
+	unsigned int i;
+
+	for (i = 0; i < ARRAY_SIZE(need); i++) {
+		if ((v->features & FEAT(need[i].bit)) && !vpci_devcfg_has(&v->vp, 0, need[i].end)) {
+			*why = need[i].why;
+			return -EINVAL;
+		}
+	}
+	return 0;
+}
+
+/*
+ * Queue indexes from the device's figures, in unsigned int: the control queue sits at
+ * 2 * max_virtqueue_pairs, which is 65536 for the spec's largest value, one past what a
+ * 16-bit queue index (and num_queues) can name.
+ */
+static int check_queue_count(struct vnet *v, const char **why)
+{
+	unsigned int num = vpci_num_queues(&v->vp);
+
+	if (v->max_pairs < 1 || v->max_pairs > 0x8000) {
+		*why = "the device's max_virtqueue_pairs is out of the spec's range 1..0x8000";
+		return -EINVAL;
+	}
+	if ((v->features & FEAT(VIRTIO_NET_F_CTRL_VQ)) && 2u * v->max_pairs >= num) {
+		*why = "the device's max_virtqueue_pairs puts the control queue (2 x pairs) "
+		       "beyond its num_queues";
+		return -EINVAL;
+	}
+	if (2u * v->nq > num) {
+		*why = "the device has fewer queues (num_queues) than the queue pairs asked for";
+		return -EINVAL;
+	}
+	return 0;
+}
+
+static int setup_queue(struct vnet *v, struct virtq *vq, unsigned int idx, uint16_t size,
+		       uint16_t vector, const char **why)
 {
 	bool ev = v->features & FEAT(VIRTIO_RING_F_EVENT_IDX);
-	volatile uint16_t *notify;
+	volatile uint16_t *notify = NULL;
 	int ret;
 
-	ret = virtq_alloc(vq, &v->rings, size, idx, ev);
+	ret = virtq_alloc(vq, &v->rings, size, (uint16_t)idx, ev);
 	if (ret)
 		return ret;
-	notify = vpci_queue_setup(&v->vp, idx, size, dma_addr(vq->desc), dma_addr(vq->avail),
-				  dma_addr(vq->used), vector);
-	if (!notify)
-		return -EIO;
+	ret = vpci_queue_setup(&v->vp, (uint16_t)idx, size, dma_addr(vq->desc),
+			       dma_addr(vq->avail), dma_addr(vq->used), vector, &notify);
+	if (ret == -EINVAL)
+		*why = "the device's queue_notify_off puts a doorbell outside its notify capability";
+	else if (ret)
+		*why = "the device refused a queue's MSI-X vector";
+	if (ret)
+		return ret;
 	vq->notify = notify;
 	return 0;
 }
 
 static size_t rings_bytes(unsigned int pairs, unsigned int rx, unsigned int tx)
 {
-	/* rx and tx rings, the TX slots, the control queue (<= 64 entries) and its buffer */
+	/* rx and tx rings, the TX slots, the control queue (<= 64 entries) and its slots */
 	return pairs * (virtq_bytes(rx) + virtq_bytes(tx) + (size_t)tx * TX_SLOT) +
-	       virtq_bytes(64) + 8192u;
+	       virtq_bytes(64) + CTRL_SLOTS * CTRL_SLOT + 4096u;
 }
 
 /*
@@ -296,29 +406,28 @@ static int open_queues(struct vnet *v, const char **why)
 	for (i = 0; i < v->nq; i++) {
 		struct vnet_queue *q = &v->q[i];
 
-		ret = setup_queue(v, &q->rx, (uint16_t)(2 * i), v->ring_size, (uint16_t)(1 + 2 * i));
+		*why = "setting up a queue pair";
+		ret = setup_queue(v, &q->rx, 2 * i, v->ring_size, (uint16_t)(1 + 2 * i), why);
 		if (!ret)
-			ret = setup_queue(v, &q->tx, (uint16_t)(2 * i + 1), v->tx_size,
-					  (uint16_t)(2 + 2 * i));
+			ret = setup_queue(v, &q->tx, 2 * i + 1, v->tx_size, (uint16_t)(2 + 2 * i),
+					  why);
 		q->tx_slots = dma_alloc(&v->rings, (size_t)TX_SLOT * v->tx_size, 64);
-		if (ret || !q->tx_slots) {
-			*why = "setting up a queue pair";
+		if (ret || !q->tx_slots)
 			return ret ? ret : -ENOMEM;
-		}
 		virtq_disarm(&q->tx); /* completions are reaped when sending, never signalled */
 	}
 	if (v->features & FEAT(VIRTIO_NET_F_CTRL_VQ)) {
-		uint16_t csize = vpci_queue_max(&v->vp, (uint16_t)(2 * v->max_pairs));
+		/* below num_queues (check_queue_count), so it fits 16 bits */
+		unsigned int cidx = 2 * v->max_pairs;
+		uint16_t csize = vpci_queue_max(&v->vp, (uint16_t)cidx);
 
 		if (csize > 64)
 			csize = 64;
-		ret = setup_queue(v, &v->ctrl, (uint16_t)(2 * v->max_pairs), csize,
-				  VIRTIO_MSI_NO_VECTOR);
-		v->ctrl_buf = dma_alloc(&v->rings, 2048, 64);
-		if (ret || !v->ctrl_buf) {
-			*why = "setting up the control queue";
+		*why = "setting up the control queue";
+		ret = setup_queue(v, &v->ctrl, cidx, csize, VIRTIO_MSI_NO_VECTOR, why);
+		v->ctrl_buf = dma_alloc(&v->rings, CTRL_SLOTS * CTRL_SLOT, 64);
+		if (ret || !v->ctrl_buf)
 			return ret ? ret : -ENOMEM;
-		}
 	}
 	return 0;
 }
@@ -340,6 +449,7 @@ int vnet_open(struct vnet **out, const struct vnet_config *cfg, const char **why
 		return -ENOMEM;
 	memset(v, 0, sizeof(*v));
 	v->cfg_efd = -1;
+	v->ctrl_timeout_ms = CTRL_TIMEOUT_MS;
 	ret = vfio_open(&v->dev, cfg->pci_addr);
 	if (ret) {
 		*why = "opening the device through VFIO (is it bound to vfio-pci?)";
@@ -349,7 +459,9 @@ int vnet_open(struct vnet **out, const struct vnet_config *cfg, const char **why
 	v->dev_open = true;
 	ret = vpci_init(&v->vp, &v->dev);
 	if (ret) {
-		*why = "finding the virtio PCI capabilities (not a modern virtio device?)";
+		*why = ret == -EINVAL ? "a virtio PCI capability is shorter than its structure"
+				      : "finding the virtio PCI capabilities (not a modern virtio "
+					"device?)";
 		goto fail;
 	}
 	ret = vpci_reset(&v->vp);
@@ -360,17 +472,23 @@ int vnet_open(struct vnet **out, const struct vnet_config *cfg, const char **why
 	vpci_add_status(&v->vp, VIRTIO_CONFIG_S_ACKNOWLEDGE);
 	vpci_add_status(&v->vp, VIRTIO_CONFIG_S_DRIVER);
 	ret = negotiate(v, why);
+	if (!ret)
+		ret = check_devcfg(v, why);
 	if (ret)
 		goto fail;
 	nc = (const volatile void *)v->vp.devcfg;
 	v->max_pairs = (v->features & FEAT(VIRTIO_NET_F_MQ)) ? nc->max_virtqueue_pairs : 1;
 	v->nq = cfg->queue_pairs ? cfg->queue_pairs : 1;
+	ret = check_queue_count(v, why);
+	if (ret)
+		goto fail;
 	if (v->nq > v->max_pairs) {
 		*why = "more queue pairs asked for than the device has";
 		ret = -EINVAL;
 		goto fail;
 	}
-	for (i = 0; i < 6; i++)
+	/* without VIRTIO_NET_F_MAC the field means nothing: the MAC stays zero (unusable) */
+	for (i = 0; i < 6 && (v->features & FEAT(VIRTIO_NET_F_MAC)); i++)
 		v->mac[i] = nc->mac[i];
 	maxring = vpci_queue_max(&v->vp, 0);
 	v->max_ring = maxring;
@@ -454,8 +572,10 @@ void vnet_close(struct vnet *v)
 	if (!v)
 		return;
 	if (v->dev_open) {
-		/* stop DMA before any memory it targets is unmapped */
-		vpci_reset(&v->vp);
+		/* stop DMA before any memory it targets is unmapped (no common configuration
+		 * found: the device was never touched) */
+		if (v->vp.common)
+			vpci_reset(&v->vp);
 		vfio_msix_disable(&v->dev);
 	}
 	rxbuf_destroy(v->rb);
@@ -465,11 +585,11 @@ void vnet_close(struct vnet *v)
 				close(v->q[i].rx_efd);
 			if (v->q[i].tx_efd >= 0)
 				close(v->q[i].tx_efd);
-			free(v->q[i].rx.cookie);
-			free(v->q[i].tx.cookie);
+			virtq_free(&v->q[i].rx);
+			virtq_free(&v->q[i].tx);
 		}
 	}
-	free(v->ctrl.cookie);
+	virtq_free(&v->ctrl);
 	if (v->cfg_efd >= 0)
 		close(v->cfg_efd);
 	dma_region_destroy(&v->rings);
@@ -480,14 +600,6 @@ void vnet_close(struct vnet *v)
 }
 
 /* --- data path -------------------------------------------------------------------- */
-
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
-}
 
 static void nudge(struct vnet_queue *vq, uint64_t now)
 {
@@ -512,65 +624,131 @@ static void nudge_if_quiet(struct vnet_queue *vq)
 		nudge(vq, now);
 }
 
-int vnet_rx_burst(struct vnet *v, unsigned int q, unsigned int max, vnet_rx_fn fn, void *arg)
+/*
+ * Receiving. With MRG_RXBUF a frame spans num_buffers used entries: the first starts with
+ * the virtio-net header, the others hold frame bytes only. Nothing the device wrote is
+ * trusted: each length is checked against the buffer it names, num_buffers against what
+ * was published, and all of a frame's entries leave the ring with it whatever happens to
+ * the frame, so a continuation is never read as a header.
+ * Where a frame's extent is unknown (its first buffer too short to hold a header, so
+ * num_buffers was never written; num_buffers 0 or beyond what was published; an entry
+ * inside it that names no buffer) the driver resynchronises: it drops every entry up to
+ * the used index it read before taking the frame, counting them in rx_err_resync. A
+ * device publishes a frame's entries with one index update (QEMU moves the used index
+ * once per frame, after writing all its entries), so that index is a frame boundary.
+ */
+static void rx_resync(struct vnet *v, unsigned int q, struct vnet_queue *vq, uint16_t end)
 {
-	struct vnet_queue *vq = &v->q[q];
-	size_t unit = rxbuf_unit(v->rb);
-	unsigned int n = 0;
+	uint32_t len;
+	void *buf;
+
+	/* at most end - last_used entries, which virtq_pending bounded by the ring */
+	while (vq->rx.last_used != end) {
+		uint16_t at = vq->rx.last_used;
+
+		buf = virtq_get(&vq->rx, &len);
+		if (buf) {
+			rxbuf_release(v->rb, q, buf);
+			vq->rx_err_resync++;
+		} else if (vq->rx.last_used == at) {
+			break; /* nothing there after all: the index went back, or the ring broke */
+		}
+	}
+}
+
+/*
+ * Take one frame (the caller saw entries up to end published) and copy it into vq->frame.
+ * Returns its length, or -1 when it was dropped; the reason is counted.
+ */
+static long rx_frame(struct vnet *v, unsigned int q, struct vnet_queue *vq, uint16_t end)
+{
+	size_t unit = rxbuf_unit(v->rb), flen = 0;
+	uint16_t nbufs = 1, i;
+	bool bad = false;
 	uint32_t len;
 	uint8_t *buf;
 
-	while (n < max && (buf = virtq_get(&vq->rx, &len))) {
-		struct virtio_net_hdr_v1 hdr;
-		uint16_t nbufs, i;
-		size_t flen;
-		bool bad = false;
-
-		if (unlikely(len < VNET_HDR_LEN || len > unit)) {
+	buf = virtq_get(&vq->rx, &len);
+	if (unlikely(!buf)) { /* named no buffer (counted by the ring): extent unknown */
+		rx_resync(v, q, vq, end);
+		return -1;
+	}
+	if (unlikely(len < VNET_HDR_LEN)) { /* no header written: num_buffers unknown */
+		vq->rx_err_len++;
+		vq->last_bad_len = len;
+		rxbuf_release(v->rb, q, buf);
+		rx_resync(v, q, vq, end);
+		return -1;
+	}
+	if (v->features & FEAT(VIRTIO_NET_F_MRG_RXBUF)) {
+		/* a buffer holds at least 64 bytes, so the header is inside it */
+		memcpy(&nbufs, buf + offsetof(struct virtio_net_hdr_v1, num_buffers), 2);
+		if (unlikely(!nbufs || nbufs - 1 > (uint16_t)(end - vq->rx.last_used))) {
+			vq->rx_err_span++;
+			vq->last_bad_nbufs = nbufs;
 			rxbuf_release(v->rb, q, buf);
-			vq->rx_errors++;
-			vq->rx_err_len++;
-			vq->last_bad_len = len;
-			continue;
+			rx_resync(v, q, vq, end);
+			return -1;
 		}
-		memcpy(&hdr, buf, VNET_HDR_LEN);
-		nbufs = (v->features & FEAT(VIRTIO_NET_F_MRG_RXBUF)) ? hdr.num_buffers : 1;
+	}
+	if (unlikely(len > unit)) {
+		/* the header is there, so the frame's other entries are known: taken below */
+		vq->rx_err_len++;
+		vq->last_bad_len = len;
+		bad = true;
+	} else if (unlikely(len - VNET_HDR_LEN > sizeof(vq->frame))) {
+		vq->rx_err_big++;
+		bad = true;
+	} else {
 		flen = len - VNET_HDR_LEN;
-		if (flen <= sizeof(vq->frame)) {
-			memcpy(vq->frame, buf + VNET_HDR_LEN, flen);
-		} else {
-			bad = true;
+		memcpy(vq->frame, buf + VNET_HDR_LEN, flen);
+	}
+	rxbuf_release(v->rb, q, buf);
+	for (i = 1; i < nbufs; i++) {
+		buf = virtq_get(&vq->rx, &len);
+		if (unlikely(!buf)) { /* what follows may still be this frame's */
+			rx_resync(v, q, vq, end);
+			return -1;
+		}
+		if (!bad && (len > unit || flen + len > sizeof(vq->frame))) {
 			vq->rx_err_big++;
+			bad = true;
+		}
+		if (!bad) {
+			memcpy(vq->frame + flen, buf, len);
+			flen += len;
 		}
 		rxbuf_release(v->rb, q, buf);
-		/* the rest of a frame spanning strides: the next nbufs-1 used entries */
-		for (i = 1; i < nbufs; i++) {
-			uint8_t *more = virtq_get(&vq->rx, &len);
+	}
+	return bad ? -1 : (long)flen;
+}
 
-			if (unlikely(!more)) { /* the device publishes a frame's entries together */
-				bad = true;
-				vq->rx_err_span++;
-				vq->last_bad_nbufs = nbufs;
-				break;
-			}
-			if (flen + len <= sizeof(vq->frame) && len <= unit) {
-				memcpy(vq->frame + flen, more, len);
-			} else {
-				bad = true;
-				vq->rx_err_big++;
-			}
-			flen += len;
-			rxbuf_release(v->rb, q, more);
-		}
-		if (unlikely(bad)) {
+int vnet_rx_burst(struct vnet *v, unsigned int q, unsigned int max, vnet_rx_fn fn, void *arg)
+{
+	struct vnet_queue *vq = &v->q[q];
+	unsigned int n = 0, i;
+	uint16_t pending;
+	long flen;
+
+	if (unlikely(vq->rx.broken))
+		return -EIO;
+	/* max frames delivered or dropped: bad traffic cannot keep the caller here */
+	for (i = 0; i < max; i++) {
+		pending = virtq_pending(&vq->rx);
+		if (!pending)
+			break;
+		flen = rx_frame(v, q, vq, (uint16_t)(vq->rx.last_used + pending));
+		if (unlikely(flen < 0)) {
 			vq->rx_errors++;
 			continue;
 		}
 		vq->rx_packets++;
-		vq->rx_bytes += flen;
-		fn(arg, vq->frame, flen);
+		vq->rx_bytes += (uint64_t)flen;
+		fn(arg, vq->frame, (size_t)flen);
 		n++;
 	}
+	if (unlikely(vq->rx.broken))
+		return n ? (int)n : -EIO;
 	if (rxbuf_fill(v->rb, q, &vq->rx))
 		virtq_kick(&vq->rx);
 	if (n) {
@@ -586,9 +764,11 @@ int vnet_rx_burst(struct vnet *v, unsigned int q, unsigned int max, vnet_rx_fn f
 static void tx_reap(struct vnet_queue *vq)
 {
 	uint32_t len;
+	uint16_t i;
 
-	while (virtq_get(&vq->tx, &len))
-		;
+	/* a ring's worth at most: entries that name nothing come back NULL, and are skipped */
+	for (i = 0; i < vq->tx.size && virtq_has_used(&vq->tx); i++)
+		virtq_get(&vq->tx, &len);
 }
 
 int vnet_tx(struct vnet *v, unsigned int q, const void *frame, size_t len)
@@ -599,13 +779,16 @@ int vnet_tx(struct vnet *v, unsigned int q, const void *frame, size_t len)
 
 	if (unlikely(len > MAX_FRAME || len < 14))
 		return -EINVAL;
+	if (unlikely(vq->tx.broken))
+		return -EIO;
 	if (vq->tx.num_free < 1)
 		tx_reap(vq);
 	if (unlikely(!vq->tx.num_free)) {
 		vq->tx_full++;
 		return -EAGAIN;
 	}
-	/* the slot belongs to the descriptor the add will take: the free-list head */
+	/* the slot belongs to the descriptor the add will take: the free-list head, which
+	 * lives in the driver's memory and is always inside the ring when num_free > 0 */
 	slot = vq->tx.free_head;
 	p = vq->tx_slots + (size_t)slot * TX_SLOT;
 	memset(p, 0, VNET_HDR_LEN);
@@ -718,11 +901,15 @@ void vnet_stats_json(struct vnet *v, FILE *out)
 	}
 	fprintf(out, "], \"queue_pairs\": %u, \"max_queue_pairs\": %u, \"max_ring_size\": %u, "
 		     "\"ring_size\": %u, \"tx_ring_size\": %u, "
-		     "\"link_up\": %s, \"pool\": {\"pinned_bytes\": %llu, \"buffers_total\": %llu, "
+		     "\"link_up\": %s, \"ctrl_stale\": %llu, \"ctrl_bad_used\": %llu, "
+		     "\"ctrl_broken\": %s, "
+		     "\"pool\": {\"pinned_bytes\": %llu, \"buffers_total\": %llu, "
 		     "\"buffers_free\": %llu, \"recycled\": %llu, \"refill_runs\": %llu}, "
 		     "\"queues\": [",
 		v->nq, v->max_pairs, v->max_ring, v->ring_size, v->tx_size,
-		vnet_link_up(v) ? "true" : "false",
+		vnet_link_up(v) ? "true" : "false", (unsigned long long)v->ctrl_stale,
+		(unsigned long long)READ_ONCE(v->ctrl.bad_used),
+		READ_ONCE(v->ctrl.broken) ? "true" : "false",
 		(unsigned long long)ps.pinned_bytes, (unsigned long long)ps.buffers_total,
 		(unsigned long long)ps.buffers_free, (unsigned long long)ps.recycled,
 		(unsigned long long)ps.refill_runs);
@@ -737,8 +924,10 @@ void vnet_stats_json(struct vnet *v, FILE *out)
 			"\"posted\": %llu, \"consumed\": %llu, \"drops_nobuf\": %llu, \"share\": %llu, "
 			"\"wakeups\": %llu, \"nudges\": %llu, \"notifications\": %llu, "
 			"\"rx_err_len\": %llu, "
-			"\"rx_err_span\": %llu, \"rx_err_big\": %llu, \"last_bad_len\": %u, "
-			"\"last_bad_nbufs\": %u}",
+			"\"rx_err_span\": %llu, \"rx_err_big\": %llu, \"rx_err_resync\": %llu, "
+			"\"last_bad_len\": %u, \"last_bad_nbufs\": %u, "
+			"\"rx_bad_used\": %llu, \"tx_bad_used\": %llu, "
+			"\"rx_broken\": %s, \"tx_broken\": %s}",
 			i ? ", " : "", (unsigned long long)READ_ONCE(q->rx_packets),
 			(unsigned long long)READ_ONCE(q->rx_bytes),
 			(unsigned long long)READ_ONCE(q->rx_errors),
@@ -751,17 +940,34 @@ void vnet_stats_json(struct vnet *v, FILE *out)
 			(unsigned long long)READ_ONCE(q->nudges),
 			(unsigned long long)(READ_ONCE(q->rx.notifications) +
 					     READ_ONCE(q->tx.notifications)),
-			(unsigned long long)q->rx_err_len, (unsigned long long)q->rx_err_span,
-			(unsigned long long)q->rx_err_big, q->last_bad_len, q->last_bad_nbufs);
+			(unsigned long long)READ_ONCE(q->rx_err_len),
+			(unsigned long long)READ_ONCE(q->rx_err_span),
+			(unsigned long long)READ_ONCE(q->rx_err_big),
+			(unsigned long long)READ_ONCE(q->rx_err_resync), READ_ONCE(q->last_bad_len),
+			READ_ONCE(q->last_bad_nbufs), (unsigned long long)READ_ONCE(q->rx.bad_used),
+			(unsigned long long)READ_ONCE(q->tx.bad_used),
+			READ_ONCE(q->rx.broken) ? "true" : "false",
+			READ_ONCE(q->tx.broken) ? "true" : "false");
 	}
 	fprintf(out, "]}\n");
 }
 
 int vnet_check(struct vnet *v, FILE *why)
 {
-	unsigned int *in_ring = calloc(v->nq, sizeof(unsigned int)), i;
-	int ret;
+	unsigned int *in_ring, i;
+	int ret = 0;
 
+	/* every ring's own bookkeeping first: the buffer accounting reads its occupancy */
+	for (i = 0; i < v->nq && !ret; i++) {
+		ret = virtq_check(&v->q[i].rx, why);
+		if (!ret)
+			ret = virtq_check(&v->q[i].tx, why);
+	}
+	if (!ret && v->ctrl.slot)
+		ret = virtq_check(&v->ctrl, why);
+	if (ret)
+		return ret;
+	in_ring = calloc(v->nq, sizeof(unsigned int));
 	if (!in_ring)
 		return -ENOMEM;
 	for (i = 0; i < v->nq; i++)

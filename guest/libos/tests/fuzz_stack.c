@@ -211,7 +211,7 @@ static uint64_t outcomes(const struct stack_counters *c)
 	return c->drop_short + c->drop_oversize + c->drop_foreign_mac + c->drop_ethertype +
 	       c->drop_ip_bad + c->drop_ip_csum + c->drop_ip_frag + c->drop_ip_foreign +
 	       c->drop_proto + c->drop_udp_bad + c->drop_udp_noport + c->drop_icmp_bad +
-	       c->arp_rx + c->icmp_echo + c->udp_rx;
+	       c->drop_src_mac + c->arp_rx + c->icmp_echo + c->udp_rx;
 }
 
 static void feed_one(struct fz *z, const uint8_t *src, size_t len, unsigned int flags)

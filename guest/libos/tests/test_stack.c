@@ -384,7 +384,7 @@ static const struct counter_field drop_fields[] = {
 	FIELD(drop_ethertype),	FIELD(drop_ip_bad),	FIELD(drop_ip_csum),
 	FIELD(drop_ip_frag),	FIELD(drop_ip_foreign), FIELD(drop_proto),
 	FIELD(drop_udp_bad),	FIELD(drop_udp_noport), FIELD(drop_icmp_bad),
-	FIELD(drop_tx),
+	FIELD(drop_src_mac),	FIELD(drop_tx),
 };
 
 static uint64_t field(const struct stack_counters *c, size_t off)
@@ -778,6 +778,18 @@ static void test_icmp_drops(void)
 		ip_end(&f, off, 20);
 	}
 	EXPECT_DROP(&h, &f, drop_short);
+
+	/*
+	 * A good request from a group or all-zero source MAC: a reply would go to every host
+	 * of a group (or nowhere), so none is sent. The MAC is outside every checksum.
+	 */
+	mk_echo(&f, 1, 1, "abcdef", 6);
+	memcpy(f.b + 6, bcast_mac, 6);
+	EXPECT_DROP(&h, &f, drop_src_mac);
+	memcpy(f.b + 6, mcast_mac, 6);
+	EXPECT_DROP(&h, &f, drop_src_mac);
+	memcpy(f.b + 6, zero_mac, 6);
+	EXPECT_DROP(&h, &f, drop_src_mac);
 	teardown(&h);
 }
 

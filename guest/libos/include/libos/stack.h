@@ -43,6 +43,7 @@ struct stack_counters {
 	uint64_t icmp_echo;         /* echo requests answered */
 	uint64_t udp_rx, udp_tx;
 	uint64_t drop_icmp_bad;     /* echo request with a wrong ICMP checksum */
+	uint64_t drop_src_mac;      /* echo request from a group or all-zero source MAC */
 };
 
 struct udp_dgram {

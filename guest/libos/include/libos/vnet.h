@@ -42,9 +42,14 @@ unsigned int vnet_queue_pairs(const struct vnet *v);
 unsigned int vnet_max_queue_pairs(const struct vnet *v);
 bool vnet_link_up(const struct vnet *v);
 
-/* Deliver up to max received frames to fn (each valid only during the call). */
+/*
+ * Take up to max received frames off queue q, delivering the good ones to fn (each valid
+ * only during the call) and counting the rest. Returns how many were delivered, or -EIO
+ * once the device broke the queue's ring (it stays broken; see the stats).
+ */
 int vnet_rx_burst(struct vnet *v, unsigned int q, unsigned int max, vnet_rx_fn fn, void *arg);
-/* Queue one frame for transmission (copied). 0 or -EAGAIN when the ring is full. */
+/* Queue one frame for transmission (copied). 0, -EAGAIN when the ring is full, -EIO when
+ * the device broke it. */
 int vnet_tx(struct vnet *v, unsigned int q, const void *frame, size_t len);
 /* Tell the device about queued frames (batched: call once per burst). */
 void vnet_tx_flush(struct vnet *v, unsigned int q);
@@ -61,7 +66,8 @@ int vnet_wait(struct vnet *v, unsigned int q, int timeout_ms);
 
 /* Counters of every queue and of the buffer pool, as one JSON object. */
 void vnet_stats_json(struct vnet *v, FILE *out);
-/* The buffer accounting invariants (see rxbuf_check); call with all queues idle. */
+/* Every ring's bookkeeping (virtq_check) and the buffer accounting invariants (see
+ * rxbuf_check); call with all queues idle. */
 int vnet_check(struct vnet *v, FILE *why);
 
 #endif
